@@ -12,6 +12,7 @@ the attention input (after ``ln_1``), which UCoFiA uses to shift patch tokens be
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
@@ -283,8 +284,10 @@ def build_clip(state_dict: dict, source: str = "state dict") -> CLIP:
 
 def _read_state_dict(path: str) -> dict:
     try:
-        return torch.jit.load(path, map_location="cpu").state_dict()
-    except RuntimeError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # OpenAI ships TorchScript; its deprecation is not ours
+            return torch.jit.load(path, map_location="cpu").state_dict()
+    except Exception:
         pass  # not a TorchScript archive: try a plain state dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

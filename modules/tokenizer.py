@@ -102,11 +102,15 @@ class SimpleTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Inverse of ``encode`` up to the cleaning (used for logs and pictures)."""
+        """Text of ids (with or without start/end tokens and padding), up to the cleaning; for logs and pictures."""
         byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        text = "".join(self.decoder[int(i)] for i in ids)
-        raw = bytearray(byte_decoder[c] for c in text.replace("</w>", " ") if c in byte_decoder)
-        return raw.decode("utf-8", errors="replace").replace("  ", " ").strip()
+        byte_decoder[" "] = ord(" ")  # word ends
+        ids = [int(i) for i in ids]
+        if self.eot_id in ids:
+            ids = ids[:ids.index(self.eot_id)]  # padding after the end token is not text
+        text = "".join(self.decoder[i] for i in ids if i != self.sot_id)
+        raw = bytearray(byte_decoder[c] for c in text.replace("</w>", " "))
+        return raw.decode("utf-8", errors="replace").strip()
 
 
 @lru_cache()
