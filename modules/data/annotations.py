@@ -1,0 +1,160 @@
+"""Readers for the annotation files users already have, and the index of a video folder.
+
+Every problem becomes a one-line ``DataError`` (or ``ConfigError`` for an unset flag) naming the file and what is
+wrong with it: a missing column, an entry without a caption, a caption that is empty or implausibly long.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import unicodedata
+from typing import Any, Iterable
+
+import pandas as pd
+
+from modules.errors import ConfigError, DataError
+
+# Far longer than any real caption or ActivityNet/DiDeMo paragraph: such a "caption" means a malformed file.
+MAX_CAPTION_CHARS = 8192
+# Extensions accepted as videos when indexing --features_path (DiDeMo's originals come in many containers).
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+                    ".ogv", ".ts")
+
+
+def require_path(value: str, flag: str, datatype: str) -> str:
+    """The value of a required path flag, or ConfigError naming the flag."""
+    if not value:
+        raise ConfigError(f"--{flag} is required for --datatype {datatype}")
+    return value
+
+
+def _must_exist(path: str) -> None:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: annotation file not found")
+
+
+def read_json(path: str) -> Any:
+    """Parsed JSON; DataError naming the file and the position of a syntax error."""
+    _must_exist(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_csv(path: str, columns: Iterable[str]) -> pd.DataFrame:
+    """A csv whose listed columns must exist; values are read as strings (video ids like ``0001`` stay intact)."""
+    _must_exist(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable csv ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+    return frame
+
+
+def read_lines(path: str) -> list[str]:
+    """Non-empty stripped lines (video id lists)."""
+    _must_exist(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles containers of strings only: an annotation pickle that would import code is refused."""
+    ALLOWED = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "list"),
+               ("builtins", "dict"), ("builtins", "str"), ("builtins", "tuple"), ("builtins", "set")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_pickle(path: str) -> Any:
+    """A pickle of plain containers (MSVD's raw-captions.pkl); DataError when malformed or not plain data."""
+    _must_exist(path)
+    try:
+        with open(path, "rb") as f:
+            return _PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not a pickle of plain captions ({e})") from None
+
+
+def check_caption(text: Any, path: str, ident: str) -> str:
+    """Validate one caption as read from ``path`` for entry ``ident``.
+
+    Control characters and emoji are fine (the tokenizer handles any text); empty text and text longer than
+    ``MAX_CAPTION_CHARS`` are not.
+    Returns:
+        the caption unchanged.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"{path}: caption of {ident} is not text ({type(text).__name__}: {str(text)[:40]!r})")
+    if all(unicodedata.category(c)[0] in "CZ" for c in text):
+        raise DataError(f"{path}: caption of {ident} is empty")
+    if len(text) > MAX_CAPTION_CHARS:
+        raise DataError(f"{path}: caption of {ident} has {len(text)} characters (more than {MAX_CAPTION_CHARS}); "
+                        "the file looks malformed")
+    return text
+
+
+def entry_field(entry: Any, key: str, path: str, where: str) -> Any:
+    """``entry[key]`` of a JSON object, or DataError naming the file, the entry and the missing key."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: {where} is a {type(entry).__name__}, expected an object")
+    if key not in entry:
+        raise DataError(f"{path}: {where} has no '{key}' field")
+    return entry[key]
+
+
+class VideoIndex:
+    """Video files under a folder (recursive), found by file name or by file name without its extension."""
+
+    def __init__(self, root: str):
+        if not root:
+            raise ConfigError("--features_path (the video folder) is required")
+        if not os.path.isdir(root):
+            raise DataError(f"{root}: video folder (--features_path) not found")
+        self.root = root
+        self.by_name: dict[str, str] = {}
+        self.by_stem: dict[str, str] = {}
+        rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                stem, ext = os.path.splitext(name)
+                # Hidden files include the partial outputs of scripts/compress_video.py.
+                if name.startswith(".") or ext.lower() not in rank:
+                    continue
+                path = os.path.join(folder, name)
+                self.by_name.setdefault(name, path)
+                old = self.by_stem.get(stem)
+                if old is None or rank[ext.lower()] < rank[os.path.splitext(old)[1].lower()]:
+                    self.by_stem[stem] = path
+
+    def find(self, video_id: str) -> str | None:
+        """Path of the video with this id, or None.
+
+        Tries the file name ``id``, then ``id.<ext>`` (preferring .mp4), then, for ids that carry an extension
+        (DiDeMo's ``xxx.mov``), the same stem re-encoded to another container.
+        """
+        found = self.by_name.get(video_id) or self.by_stem.get(video_id)
+        stem, ext = os.path.splitext(video_id)
+        if found is None and ext.lower() in VIDEO_EXTENSIONS:
+            found = self.by_stem.get(stem)
+        return found
+
+    def expected(self, video_id: str) -> str:
+        """Where a missing video was looked for, for error messages."""
+        return os.path.join(self.root, f"{video_id}.mp4")

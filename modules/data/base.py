@@ -1,0 +1,270 @@
+"""One split of a video-text dataset: training pairs, plus text-only and video-only views for evaluation.
+
+Every dataset reader turns its files into the same four lists (captions, the video of each caption, video ids and
+video paths) and hands them to ``RetrievalSplit``, which does everything else the same way for all datasets:
+checking that the videos exist, tokenising, decoding, the per-epoch random choices and skipping bad videos.
+
+Random choices (the caption drawn for a video each epoch, shuffled frame order) are functions of
+(seed, epoch, index) only, so a run is reproducible, can be resumed mid-way and does not depend on the number of
+DataLoader workers or GPUs. The epoch and the set of videos that failed to decode live in shared memory, so
+``set_epoch`` reaches persistent DataLoader workers and failures seen in a worker show in ``undecodable``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from modules.data.config import DataConfig
+from modules.data.transforms import seed_entropy
+from modules.data.video import load_video
+from modules.errors import DataError
+from modules.tokenizer import get_tokenizer, text_mask, tokenize
+
+logger = logging.getLogger(__name__)
+
+# How many missing videos an error message names before it only counts the rest.
+MAX_NAMED = 20
+# Separate random streams drawn from the same (seed, epoch, index).
+_CAPTION_STREAM, _FRAME_STREAM = 0, 1
+
+
+class RetrievalSplit(Dataset):
+    """Training pairs of one split; items are dicts of text ids/mask, video/mask and the item index.
+
+    Attributes:
+        name, split: the datatype and "train" / "val" / "test".
+        captions: list[str], one per caption (paragraph datasets: the joined paragraph).
+        caption_to_video: int64 [len(captions)], index into ``video_ids`` of each caption's video.
+        video_ids, video_paths: one entry per video, each video once.
+        windows: per video None or a (start, end) window in seconds.
+        is_test_fallback: True when "val" was asked for and this dataset has no validation split.
+        skipped: paths of videos dropped from the split when building (missing or empty; reasons are logged).
+        undecodable: paths of videos that failed to decode later, seen from any worker (see the property).
+    """
+
+    def __init__(self, cfg: DataConfig, name: str, split: str, captions: Sequence[str],
+                 caption_to_video: Sequence[int], video_ids: Sequence[str], video_paths: Sequence[str | None],
+                 windows: Sequence[tuple[float, float] | None] | None = None, one_caption_per_video: bool = False):
+        """
+        Args:
+            cfg: data configuration.
+            name, split: for messages and results.
+            captions, caption_to_video, video_ids: as the attributes.
+            video_paths: resolved file per video, None where the reader found no file.
+            windows: optional clip window per video.
+            one_caption_per_video: items are videos and each draws one of its captions per epoch (MSR-VTT training
+                without --expand_msrvtt_sentences); otherwise items are captions.
+        """
+        self.cfg, self.name, self.split = cfg, name, split
+        self.is_test_fallback = False
+        self.one_caption_per_video = one_caption_per_video
+        self.frame_order = cfg.train_frame_order if split == "train" else cfg.eval_frame_order
+        windows = list(windows) if windows is not None else [None] * len(video_ids)
+        c2v = np.asarray(caption_to_video, dtype=np.int64)
+        self.skipped: list[str] = []  # paths dropped when building (missing or empty files)
+        keep = self._check_files(list(video_ids), list(video_paths))
+        if not keep.all():
+            new_index = np.cumsum(keep) - 1
+            kept_caps = keep[c2v]
+            captions = [c for c, k in zip(captions, kept_caps) if k]
+            c2v = new_index[c2v[kept_caps]]
+            video_ids = [v for v, k in zip(video_ids, keep) if k]
+            video_paths = [p for p, k in zip(video_paths, keep) if k]
+            windows = [w for w, k in zip(windows, keep) if k]
+        if len(video_ids) == 0:
+            raise DataError(f"{name} {split}: no usable video (the annotation files list none, or all were skipped)")
+        self.captions: list[str] = list(captions)
+        self.caption_to_video: np.ndarray = c2v
+        self.video_ids: list[str] = list(video_ids)
+        self.video_paths: list[str] = list(video_paths)  # type: ignore[arg-type]
+        self.windows = windows
+        order = np.argsort(c2v, kind="stable")
+        bounds = np.searchsorted(c2v[order], np.arange(len(self.video_ids) + 1))
+        self.video_captions = [order[bounds[v]:bounds[v + 1]] for v in range(len(self.video_ids))]
+        if one_caption_per_video:
+            bare = [self.video_ids[v] for v, caps in enumerate(self.video_captions) if len(caps) == 0]
+            if bare:
+                raise DataError(f"{name} {split}: {len(bare)} video(s) have no caption: {', '.join(bare[:MAX_NAMED])}")
+        # Built once here (half a second) so that forked DataLoader workers inherit it instead of each building it.
+        get_tokenizer()
+        # Shared with DataLoader workers (see the module docstring).
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._bad = torch.zeros(max(1, len(self.video_ids)), dtype=torch.uint8).share_memory_()
+        logger.info("%s", self)
+
+    def __repr__(self) -> str:
+        return (f"{self.name} {self.split}: {len(self.captions)} captions, {len(self.video_ids)} videos, "
+                f"{len(self)} items, {len(self.skipped)} bad videos skipped")
+
+    def _check_files(self, video_ids: list[str], video_paths: list[str | None]) -> np.ndarray:
+        """Keep-mask of videos whose file exists and is non-empty; raise or log the others."""
+        bad = []
+        for vid, path in zip(video_ids, video_paths):
+            if path is None or not os.path.isfile(path):
+                bad.append((vid, path, "missing"))
+            elif os.path.getsize(path) == 0:
+                bad.append((vid, path, "empty file"))
+        if bad and not self.cfg.skip_bad_videos:
+            named = ", ".join(f"{vid} ({why})" for vid, _, why in bad[:MAX_NAMED])
+            more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+            raise DataError(f"{len(bad)} of {len(video_ids)} videos of {self.name} {self.split} are missing or empty "
+                            f"under {self.cfg.features_path}: {named}{more} (--skip_bad_videos drops them)")
+        for vid, path, why in bad:
+            logger.warning("skipping video %s of %s %s: %s (%s)", vid, self.name, self.split, why, path)
+            self.skipped.append(path or os.path.join(self.cfg.features_path, vid))
+        if bad:
+            logger.warning("%s %s: skipped %d bad videos of %d", self.name, self.split, len(bad), len(video_ids))
+        bad_ids = {vid for vid, _, _ in bad}
+        return np.array([vid not in bad_ids for vid in video_ids], dtype=bool)
+
+    @property
+    def undecodable(self) -> list[str]:
+        """Videos of this split that failed to decode so far (in any DataLoader worker); they stay in
+        ``video_ids`` (a training item is replaced, a ``video_view`` item is None)."""
+        failed = torch.nonzero(self._bad[:len(self.video_ids)]).flatten().tolist()
+        return [self.video_paths[v] for v in failed]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random choices (call before iterating, as with DistributedSampler.set_epoch)."""
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __len__(self) -> int:
+        return len(self.video_ids) if self.one_caption_per_video else len(self.captions)
+
+    def pair(self, index: int, epoch: int | None = None) -> tuple[int, int]:
+        """(caption index, video index) of a training item in an epoch."""
+        if not self.one_caption_per_video:
+            return index, int(self.caption_to_video[index])
+        epoch = self.epoch if epoch is None else epoch
+        caps = self.video_captions[index]
+        pick = np.random.default_rng(seed_entropy((self.cfg.seed, epoch, index, _CAPTION_STREAM))).integers(len(caps))
+        return int(caps[pick]), index
+
+    def encode_text(self, caption_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids LongTensor [L] and mask BoolTensor [L] of one caption (L = max_words)."""
+        ids = tokenize([self.captions[caption_index]], self.cfg.max_words)  # [1, L]
+        return ids[0], text_mask(ids)[0]
+
+    def load_video(self, video_index: int, frame_order: int, seed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video FloatTensor [F, 3, R, R] and mask BoolTensor [F] of one video; DataError naming the file."""
+        window = self.windows[video_index] or (None, None)
+        return load_video(self.video_paths[video_index], self.cfg, window[0], window[1], frame_order, seed)
+
+    def mark_bad(self, video_index: int, error: Exception) -> None:
+        """Remember a video that failed to decode (visible to all workers) and log why."""
+        self._bad[video_index] = 1
+        logger.warning("skipping undecodable video %s: %s", self.video_paths[video_index], error)
+
+    def is_bad(self, video_index: int) -> bool:
+        return bool(self._bad[video_index])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """A training pair; with --skip_bad_videos an undecodable video's item is replaced by the next good one."""
+        epoch = self.epoch
+        n = len(self)
+        for step in range(n):
+            item = (index + step) % n
+            cap, vid = self.pair(item, epoch)
+            if self.is_bad(vid):
+                continue
+            try:
+                video, video_mask = self.load_video(vid, self.frame_order, (self.cfg.seed, epoch, item, _FRAME_STREAM))
+            except DataError as e:
+                if not self.cfg.skip_bad_videos:
+                    raise
+                self.mark_bad(vid, e)
+                continue
+            if step:
+                logger.warning("%s %s: item %d replaced by item %d (bad video)", self.name, self.split, index, item)
+            text_ids, mask = self.encode_text(cap)
+            return {"text_ids": text_ids, "text_mask": mask, "video": video, "video_mask": video_mask,
+                    "index": item}
+        raise DataError(f"{self.name} {self.split}: no decodable video left ({len(self.undecodable)} undecodable)")
+
+    def text_view(self) -> "TextView":
+        """Every caption once, text only (no decoding): test queries and the SK-norm text bank."""
+        return TextView(self)
+
+    def video_view(self) -> "VideoView":
+        """Every video once, video only, in the evaluation frame order: test gallery and the SK-norm video bank."""
+        return VideoView(self)
+
+
+class TextView(Dataset):
+    """Items ``{"text_ids": [L], "text_mask": [L], "index"}`` over ``split.captions``."""
+
+    def __init__(self, split: RetrievalSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.captions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        text_ids, mask = self.split.encode_text(index)
+        return {"text_ids": text_ids, "text_mask": mask, "index": index}
+
+
+class VideoView(Dataset):
+    """Items ``{"video": [F, 3, R, R], "video_mask": [F], "index"}`` over ``split.video_ids``.
+
+    With --skip_bad_videos an undecodable video gives None; batch with ``collate_skip_none``.
+    """
+
+    def __init__(self, split: RetrievalSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.video_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        split = self.split
+        if split.is_bad(index):
+            return None
+        try:
+            video, mask = split.load_video(index, split.cfg.eval_frame_order, (split.cfg.seed, 0, index, _FRAME_STREAM))
+        except DataError as e:
+            if not split.cfg.skip_bad_videos:
+                raise
+            split.mark_bad(index, e)
+            return None
+        return {"video": video, "video_mask": mask, "index": index}
+
+
+def collate_skip_none(batch: list[Any]) -> Any:
+    """``default_collate`` without the None items of ``VideoView``; None when the whole batch was bad.
+
+    The surviving items' ``index`` field tells which videos are present.
+    """
+    batch = [item for item in batch if item is not None]
+    return default_collate(batch) if batch else None
+
+
+def split_from_lists(cfg: DataConfig, name: str, split: str, index: Any, video_ids: Sequence[str],
+                     captions_per_video: Sequence[Sequence[str]],
+                     windows: Sequence[tuple[float, float] | None] | None = None,
+                     one_caption_per_video: bool = False) -> RetrievalSplit:
+    """Build a split from each video's (already checked) captions, resolving files with a ``VideoIndex``.
+
+    Args:
+        cfg, name, split, windows, one_caption_per_video: as ``RetrievalSplit``.
+        index: ``modules.data.annotations.VideoIndex`` of --features_path.
+        video_ids: each video once, in the order of the dataset's list.
+        captions_per_video: the captions of each video, in file order.
+    Returns:
+        RetrievalSplit with captions grouped by video.
+    """
+    captions = [c for caps in captions_per_video for c in caps]
+    caption_to_video = np.repeat(np.arange(len(video_ids)), [len(caps) for caps in captions_per_video])
+    paths = [index.find(v) for v in video_ids]
+    return RetrievalSplit(cfg, name, split, captions, caption_to_video, video_ids, paths, windows,
+                          one_caption_per_video)

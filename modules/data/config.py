@@ -1,0 +1,95 @@
+"""The data pipeline's own configuration: what to read, how to sample frames and captions.
+
+Field names are the published command-line flags, so a parsed ``argparse.Namespace`` converts with
+``DataConfig.from_args(args)`` and existing shell scripts keep their meaning.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from modules.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    # Which dataset reader: msrvtt, msvd, activity, didemo or vatex (see modules.data.registry.DATASETS).
+    datatype: str = "msrvtt"
+    # MSR-VTT: the MSRVTT_data.json file (a folder holding it also works); other datasets: the annotation folder.
+    data_path: str = ""
+    # Folder of video files (searched recursively; the file name without extension is the video id).
+    features_path: str = ""
+    # MSR-VTT only: the training video list (MSRVTT_train.9k.csv or .7k.csv).
+    train_csv: str = ""
+    # MSR-VTT only: the JSFusion 1k-A test csv, which the published scripts pass as the validation csv.
+    val_csv: str = ""
+    # Text length in tokens including start and end token; longer captions are cut as the published loader does.
+    max_words: int = 32
+    # Frames per video after sampling; shorter videos are zero-padded and masked.
+    max_frames: int = 12
+    # Frames sampled per second of video (the paper: 1 frame/s from the 3 fps compressed files); an integer or 1/k.
+    feature_framerate: float = 1.0
+    # When a video yields more than max_frames: 0 = keep the head, 1 = keep the tail, 2 = uniform (the paper).
+    slice_framepos: int = 2
+    # Frame order in training: 0 = normal, 1 = reverse, 2 = shuffled (deterministic per seed, epoch and item).
+    train_frame_order: int = 0
+    # Frame order at evaluation, same codes.
+    eval_frame_order: int = 0
+    # MSR-VTT training: one item per caption (180k) instead of one per video with a caption drawn each epoch (9k).
+    expand_msrvtt_sentences: bool = False
+    # Side of the square frames given to CLIP (shorter side resized to it, then centre-cropped).
+    image_resolution: int = 224
+    # Drop missing, empty or undecodable videos (logged and counted) instead of stopping with an error.
+    skip_bad_videos: bool = False
+    # Seeds every data-side random choice (caption per video, shuffled frame order) together with epoch and index.
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag whose value cannot work."""
+        if self.max_words < 2:
+            raise ConfigError(f"--max_words must be at least 2 (start and end token), got {self.max_words}")
+        if self.max_frames < 1:
+            raise ConfigError(f"--max_frames must be at least 1, got {self.max_frames}")
+        if self.image_resolution < 1:
+            raise ConfigError(f"--image_resolution must be positive, got {self.image_resolution}")
+        for flag in ("slice_framepos", "train_frame_order", "eval_frame_order"):
+            if getattr(self, flag) not in (0, 1, 2):
+                raise ConfigError(f"--{flag} must be 0, 1 or 2, got {getattr(self, flag)}")
+        frames_per_second_or_step(self.feature_framerate)
+
+    @classmethod
+    def from_args(cls, args: Any, **overrides: Any) -> "DataConfig":
+        """Build from any object with the published flag names as attributes (e.g. an argparse Namespace).
+
+        Args:
+            args: object whose attributes named like this dataclass's fields are read; missing ones keep defaults.
+            overrides: explicit field values that win over ``args``.
+        Returns:
+            DataConfig.
+        """
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        values.update(overrides)
+        return cls(**values)
+
+
+def frames_per_second_or_step(feature_framerate: float) -> tuple[int, int]:
+    """Split ``feature_framerate`` into (frames per second, seconds between sampled seconds).
+
+    The published rule takes an integer rate (frames within each second); a rate 1/k samples every k-th second.
+
+    Args:
+        feature_framerate: e.g. 1 (the paper), 2, or 0.5 (one frame every two seconds).
+    Returns:
+        (per_second, step_seconds), one of them 1.
+    """
+    f = float(feature_framerate)
+    if f >= 1 and f == int(f):
+        return int(f), 1
+    if 0 < f < 1 and abs(1 / f - round(1 / f)) < 1e-6:
+        return 1, int(round(1 / f))
+    raise ConfigError(f"--feature_framerate must be a positive integer or 1/k for an integer k, "
+                      f"got {feature_framerate}")

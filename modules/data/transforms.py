@@ -1,0 +1,95 @@
+"""Frame preprocessing exactly as CLIP and the published loader do it, and the frame-order codes.
+
+The published loader applies torchvision ``Resize(R, bicubic)`` + ``CenterCrop(R)`` + ``ToTensor`` + ``Normalize``
+on PIL images; the same PIL calls are made here (resizing with another library changes the pixels the released
+checkpoint was trained on), but only for the frames that are kept.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+# CLIP's image statistics (OpenAI clip/clip.py), used by every CLIP-based retrieval model.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resize_center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
+    """Shorter side to ``resolution`` (PIL bicubic), then the centred square.
+
+    Args:
+        frames: uint8 [N, H, W, 3] RGB.
+        resolution: output side R.
+    Returns:
+        uint8 [N, R, R, 3].
+    """
+    out = np.empty((len(frames), resolution, resolution, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(frame)
+        w, h = img.size
+        # torchvision's rule for an int size: the shorter side becomes R, the longer one int(R * long / short).
+        if w <= h:
+            new_w, new_h = resolution, int(resolution * h / w)
+        else:
+            new_w, new_h = int(resolution * w / h), resolution
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.BICUBIC)
+        top = int(round((new_h - resolution) / 2.0))
+        left = int(round((new_w - resolution) / 2.0))
+        out[i] = np.asarray(img)[top:top + resolution, left:left + resolution]
+    return out
+
+
+def normalize(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [N, R, R, 3] RGB -> float [N, 3, R, R] with CLIP mean/std."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)  # [N, 3, R, R]
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def clip_frames(frames: np.ndarray, resolution: int, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess frames for CLIP and pad them to ``max_frames``.
+
+    Args:
+        frames: uint8 [n, H, W, 3] RGB, n <= max_frames.
+        resolution: output side R.
+        max_frames: F.
+    Returns:
+        video FloatTensor [F, 3, R, R] (padding frames are zeros), video_mask BoolTensor [F] (True for real frames).
+    """
+    n = len(frames)
+    video = torch.zeros(max_frames, 3, resolution, resolution)
+    mask = torch.zeros(max_frames, dtype=torch.bool)
+    if n:
+        video[:n] = normalize(resize_center_crop(frames, resolution))
+        mask[:n] = True
+    return video, mask
+
+
+def frame_order_permutation(n: int, frame_order: int, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """Positions to reorder n sampled frames: 0 = as sampled, 1 = reversed, 2 = shuffled.
+
+    Args:
+        n: number of frames.
+        frame_order: the published code (``--train_frame_order`` / ``--eval_frame_order``).
+        seed: entropy for the shuffle; the datasets pass (seed, epoch, index) so a run is reproducible.
+    Returns:
+        int64 [n] permutation.
+    """
+    if frame_order == 0:
+        return np.arange(n)
+    if frame_order == 1:
+        return np.arange(n)[::-1].copy()
+    if frame_order == 2:
+        return np.random.default_rng(seed_entropy(seed)).permutation(n)
+    raise ValueError(f"frame_order must be 0, 1 or 2, got {frame_order}")
+
+
+def seed_entropy(seed: int | Sequence[int]) -> list[int]:
+    """Non-negative integers for numpy's SeedSequence (a negative --seed is still a valid seed)."""
+    parts = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    return [int(p) % (1 << 63) for p in parts]
