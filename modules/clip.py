@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .errors import CheckpointError
+from .state_dicts import check_compatible
 
 DEFAULT_WEIGHTS_DIR = os.path.dirname(os.path.abspath(__file__))
 OPENAI_URLS = {
@@ -97,11 +98,13 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``attn_mask``: bool [N, 1, T, T] (True = attend) or additive, for padded sequences; not with ``causal``."""
         n, length, width = x.shape                                                  # [N, T, W]
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)                   # [N, T, 3W]
         qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)  # [3, N, H, T, W/H]
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=causal)  # [N, H, T, W/H]
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2],
+                                             attn_mask=attn_mask, is_causal=causal)  # [N, H, T, W/H]
         return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
 
 
@@ -118,14 +121,16 @@ class ResidualAttentionBlock(nn.Module):
             ("c_proj", nn.Linear(width * 4, width)),
         ]))
         self.ln_2 = LayerNorm(width)
-        # Seam for UCoFiA: a parameter-free module applied to the attention input only (the residual stays unshifted).
+        # Seam for UCoFiA: a parameter-free module applied to the attention input only (the residual stays unshifted),
+        # called as token_shift(h, frame_mask); frame_mask [B, F] marks real frames, or is None.
         self.token_shift: Optional[nn.Module] = None
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, attn_mask: Optional[torch.Tensor] = None,
+                frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.ln_1(x)
         if self.token_shift is not None:
-            h = self.token_shift(h)
-        x = x + self.attn(h, causal=causal)
+            h = self.token_shift(h, frame_mask)
+        x = x + self.attn(h, causal=causal, attn_mask=attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -137,12 +142,13 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, attn_mask: Optional[torch.Tensor] = None,
+                frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, causal, use_reentrant=False)
+                x = checkpoint(block, x, causal, attn_mask, frame_mask, use_reentrant=False)
             else:
-                x = block(x, causal)
+                x = block(x, causal, attn_mask, frame_mask)
         return x
 
 
@@ -159,13 +165,13 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, R, R] -> projected tokens [N, 1+P, D] (class token first)."""
+    def forward(self, x: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Images [N, 3, R, R] -> projected tokens [N, 1+P, D] (class token first); ``frame_mask`` goes to the shift."""
         x = self.conv1(x.to(self.conv1.weight.dtype))                        # [N, W, g, g]
         x = x.flatten(2).transpose(1, 2)                                     # [N, P, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)     # [N, 1, W]
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N, 1+P, W]
-        x = self.transformer(self.ln_pre(x))
+        x = self.transformer(self.ln_pre(x), frame_mask=frame_mask)
         return self.ln_post(x) @ self.proj                                   # [N, 1+P, D]
 
 
@@ -209,12 +215,14 @@ class CLIP(nn.Module):
         self.visual.transformer.grad_checkpointing = vision
         self.transformer.grad_checkpointing = text
 
-    def encode_image(self, images: torch.Tensor, return_tokens: bool = False):
+    def encode_image(self, images: torch.Tensor, return_tokens: bool = False,
+                     frame_mask: Optional[torch.Tensor] = None):
         """Images [N, 3, R, R] -> pooled embedding [N, D] (the projected class token), as OpenAI's model.
 
         With ``return_tokens`` also returns every projected token [N, 1+P, D] (``ln_post`` and ``proj`` on all).
+        ``frame_mask`` [B, F] (B*F = N, real frames True) is handed to the token-shift seam of shifted blocks.
         """
-        tokens = self.visual(images)                                         # [N, 1+P, D]
+        tokens = self.visual(images, frame_mask)                             # [N, 1+P, D]
         return (tokens[:, 0], tokens) if return_tokens else tokens[:, 0]
 
     def encode_text(self, ids: torch.Tensor, return_tokens: bool = False):
@@ -270,14 +278,7 @@ def build_clip(state_dict: dict, source: str = "state dict") -> CLIP:
     """Build a CLIP whose sizes are inferred from ``state_dict`` and load it strictly (fp32 parameters)."""
     state_dict = {k: v for k, v in state_dict.items() if k not in ARCHIVE_EXTRA_KEYS}
     model = CLIP(config_from_state_dict(state_dict))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"{name} {len(keys)} (e.g. {', '.join(keys[:3])})"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{source}: does not match the CLIP architecture it describes: " + "; ".join(parts))
+    check_compatible(model.state_dict(), state_dict, source, "the CLIP architecture it describes")
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     return model
 

@@ -1,0 +1,276 @@
+"""UCoFiA: CLIP encoders -> text and video features -> three similarity levels (paper-notes §3).
+
+    text  --CLIP text tower-->  sentence (end token) [Nt, D], words [Nt, L, D], word_mask [Nt, L]
+    video --CLIP ViT, token shift in the last blocks-->  tokens [B, F, 1+P, D]
+          frames = per-frame class token [B, F, D];  frames_temporal = temporal module(frames) [B, F, D]
+          tokens = per frame: class token + K patches (scorer + perturbed top-K) [B, F (1+K), D]
+    similarity_levels(text, video) -> {video_sentence, frame_sentence, patch_word}, each [Nt, Nv]
+
+Encoding and scoring are separate so that features can be gathered across ranks, cached and scored in blocks.
+Faithful to the released checkpoint, without the published code's bugs (design.md): padded words and frames are
+masked unless ``mask_padding`` is off, eval-time patch selection is deterministic, and the shift is parameter-free so
+checkpoints round-trip exactly.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Callable, Optional, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from .clip import CLIP
+from .errors import ConfigError
+from .losses import symmetric_infonce
+from .similarity import LEVELS, LevelHead
+from .temporal import SIM_HEADERS, build_temporal
+from .token_selection import PATCH_SCORERS, hard_topk, perturbed_topk, seeded_noise, select_patches
+from .token_shift import apply_token_shift
+
+EVAL_TOPK = ("perturbed", "hard")
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def _fp32(device: torch.device):
+    """Run the heads in full precision, as the published code did (it cast CLIP's outputs with ``.float()``):
+    the tau = 0.01 softmaxes amplify rounding errors of bf16/fp16 a hundredfold."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in HALF_TYPES else t
+
+
+@dataclass
+class ModelConfig:
+    """The model's own settings; every number of the method is a named field. JSON-serialisable via ``asdict``."""
+    max_words: int = 32              # L: caption tokens; sizes the word ISA matrices (published 32)
+    max_frames: int = 12             # F: frames per video; sizes the frame ISA matrix and the shift's frame groups
+    sim_header: str = "seqTransf"    # temporal module of the video level: seqTransf | meanP
+    temporal_layers: int = 4         # seqTransf depth, copied from CLIP's first text layers (--cross_num_hidden_layers)
+    patch_scorer: str = "video"      # video: first-release 1024-in scorer with video context; frame: later TS2-Net one
+    topk: int = 3                    # K: patches selected per frame (each frame gives 1 + K tokens)
+    topk_samples: int = 500          # noise samples of the perturbed top-K
+    topk_sigma: float = 0.05         # noise scale of the perturbed top-K
+    isa_tau: float = 0.01            # temperature of both ISA softmaxes
+    shift_layers: tuple[int, ...] = (-2, -1)  # ViT blocks with token shift (negative from the end: 10, 11 of 12)
+    shift_div: int = 7               # shifted positions are every tokens // shift_div (7 for 50 tokens)
+    shift_offset: int = 3            # positions read from frame t+1 start at 1 + shift_offset
+    mask_padding: bool = True        # False reproduces the published unmasked ISA softmaxes, shift and scorer context
+    eval_topk: str = "perturbed"     # eval-time selection: perturbed with fixed-seed noise | hard top-K
+    eval_noise_seed: int = 0         # seed of the one eval noise tensor shared by every video
+    score_block_bytes: int = 32 << 20  # memory budget of one patch-word block when scoring many texts x videos
+    scorer_init_std: float = 0.02    # std of the scorer's Linear weights (the published init_weights range)
+    temporal_ln_eps: float = 1e-12   # LayerNorm eps of the temporal transformer (CLIP4Clip's cross-module LayerNorm)
+
+    def __post_init__(self):
+        self.shift_layers = tuple(int(layer) for layer in self.shift_layers)
+        checks = [
+            (self.sim_header in SIM_HEADERS, f"--sim_header {self.sim_header!r}: choose from {', '.join(SIM_HEADERS)}"),
+            (self.patch_scorer in PATCH_SCORERS,
+             f"--patch_scorer {self.patch_scorer!r}: choose from {', '.join(PATCH_SCORERS)}"),
+            (self.eval_topk in EVAL_TOPK, f"--eval_topk {self.eval_topk!r}: choose from {', '.join(EVAL_TOPK)}"),
+            (self.max_words >= 2, f"--max_words {self.max_words}: needs at least the start and end token"),
+            (self.max_frames >= 1, f"--max_frames {self.max_frames}: needs at least one frame"),
+            (self.topk >= 1 and self.topk_samples >= 1, "--topk and the number of top-K samples must be positive"),
+            (self.topk_sigma > 0 and self.isa_tau > 0, "the top-K sigma and the ISA temperature must be positive"),
+            (self.score_block_bytes > 0, "the scoring block budget must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+F_ = TypeVar("F_", bound="_Features")
+
+
+class _Features:
+    """Row-wise operations shared by the feature dataclasses (every field is a tensor with one row per item)."""
+
+    def map(self: F_, fn: Callable[[torch.Tensor], torch.Tensor]) -> F_:
+        return type(self)(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return getattr(self, fields(self)[0].name).shape[0]
+
+    def __getitem__(self: F_, rows) -> F_:
+        """Rows by slice, index tensor or list; an int keeps the row dimension."""
+        if isinstance(rows, int):
+            rows = slice(rows, rows + 1) if rows != -1 else slice(-1, None)
+        return self.map(lambda t: t[rows])
+
+    def to(self: F_, *args, **kwargs) -> F_:
+        return self.map(lambda t: t.to(*args, **kwargs))
+
+    def detach(self: F_) -> F_:
+        return self.map(torch.Tensor.detach)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[F_], tensors: dict[str, torch.Tensor]) -> F_:
+        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
+
+    @classmethod
+    def cat(cls: type[F_], parts: Sequence[F_]) -> F_:
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+
+@dataclass
+class TextFeatures(_Features):
+    """Raw projected text features: sentence [Nt, D] (end token), words [Nt, L, D], word_mask [Nt, L] (bool)."""
+    sentence: torch.Tensor
+    words: torch.Tensor
+    word_mask: torch.Tensor
+
+
+@dataclass
+class VideoFeatures(_Features):
+    """Raw projected video features: frames [Nv, F, D] (class tokens), frames_temporal [Nv, F, D],
+    frame_mask [Nv, F] (bool), tokens [Nv, F (1+K), D] (per frame: class token, then K selected patches)."""
+    frames: torch.Tensor
+    frames_temporal: torch.Tensor
+    frame_mask: torch.Tensor
+    tokens: torch.Tensor
+
+
+class UCoFiA(nn.Module):
+    """The UCoFiA model around a CLIP backbone (kept as ``self.clip``).
+
+    Everything after the CLIP towers (temporal module, scorer, top-K, levels) runs in fp32 even under autocast.
+
+    Args:
+        clip: the backbone; token shift is installed in its ViT blocks ``config.shift_layers``.
+        config: ``ModelConfig``.
+    """
+
+    def __init__(self, clip: CLIP, config: ModelConfig):
+        super().__init__()
+        cfg = clip.config
+        self.config = config
+        self.n_patches = cfg.grid_size ** 2
+        if config.topk > self.n_patches:
+            raise ConfigError(f"--topk {config.topk} exceeds the {self.n_patches} patches of a frame")
+        if config.max_words > cfg.context_length:
+            raise ConfigError(f"--max_words {config.max_words} exceeds CLIP's context of {cfg.context_length}")
+        self.clip = clip
+        try:
+            self.shifted_layers = apply_token_shift(clip, config.shift_layers, config.max_frames, config.shift_div,
+                                                    config.shift_offset)
+        except ValueError as e:
+            raise ConfigError(f"--shift_layers: {e}") from None
+        self.temporal = build_temporal(config.sim_header, clip, config.temporal_layers, config.max_frames,
+                                       config.temporal_ln_eps)
+        self.patch_scorer = PATCH_SCORERS[config.patch_scorer](cfg.embed_dim)
+        for module in self.patch_scorer.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=config.scorer_init_std)
+        self.levels = LevelHead(cfg.embed_dim, config.max_words, config.max_frames, 1 + config.topk, config.isa_tau,
+                                config.mask_padding, config.score_block_bytes)
+
+    @property
+    def tokens_per_video(self) -> int:
+        return self.config.max_frames * (1 + self.config.topk)
+
+    def encode_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> TextFeatures:
+        """Captions -> ``TextFeatures``.
+
+        Args:
+            text_ids: [N, max_words] token ids (``modules.tokenizer.tokenize``).
+            text_mask: [N, max_words], True/1 from the start to the end token (``modules.tokenizer.text_mask``).
+        """
+        length = self.config.max_words
+        if text_ids.dim() != 2 or text_ids.shape[1] != length or tuple(text_mask.shape) != tuple(text_ids.shape):
+            raise ValueError(f"encode_text: expected ids and mask of shape [N, {length}], "
+                             f"got {tuple(text_ids.shape)} and {tuple(text_mask.shape)}")
+        mask = text_mask.to(torch.bool)
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("encode_text: a caption's mask has no real token")
+        sentence, words = self.clip.encode_text(text_ids, return_tokens=True)   # [N, D], [N, L, D]
+        return TextFeatures(_full(sentence), _full(words), mask)
+
+    def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor,
+                     noise_seeds: Optional[torch.Tensor] = None) -> VideoFeatures:
+        """Videos -> ``VideoFeatures``.
+
+        Args:
+            video: [B, max_frames, 3, R, R] normalised frames; padded frames anywhere, marked in ``video_mask``.
+            video_mask: [B, max_frames], True/1 for real frames; every video needs one.
+            noise_seeds: [B] ints, training only: video b's top-K noise comes from a generator seeded with
+                ``noise_seeds[b]``, so it does not depend on the batch or the number of processes. None draws from
+                the global RNG. Ignored in eval mode, where selection follows ``config.eval_topk``.
+        """
+        cfg, res = self.config, self.clip.config.image_resolution
+        if video.dim() != 5 or tuple(video.shape[1:]) != (cfg.max_frames, 3, res, res):
+            raise ValueError(f"encode_video: expected video of shape [B, {cfg.max_frames}, 3, {res}, {res}], "
+                             f"got {tuple(video.shape)}")
+        b = video.shape[0]
+        if tuple(video_mask.shape) != (b, cfg.max_frames):
+            raise ValueError(f"encode_video: expected video_mask of shape [{b}, {cfg.max_frames}], "
+                             f"got {tuple(video_mask.shape)}")
+        if noise_seeds is not None and tuple(noise_seeds.shape) != (b,):
+            raise ValueError(f"encode_video: expected one noise seed per video ([{b}]), got {tuple(noise_seeds.shape)}")
+        mask = video_mask.to(torch.bool)
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("encode_video: a video's mask has no real frame")
+        padding_mask = mask if cfg.mask_padding else None
+        _, tokens = self.clip.encode_image(video.reshape(b * cfg.max_frames, 3, res, res), return_tokens=True,
+                                           frame_mask=padding_mask)              # [B F, 1+P, D]
+        with _fp32(tokens.device):
+            tokens = _full(tokens).view(b, cfg.max_frames, *tokens.shape[1:])  # [B, F, 1+P, D]
+            frames = tokens[:, :, 0].contiguous()                                # [B, F, D]
+            frames_temporal = frames if self.temporal is None else self.temporal(frames, mask)
+            scores = self.patch_scorer(tokens, padding_mask)                     # [B, F, P]
+            indicators = self._topk_indicators(scores, noise_seeds)              # [B, F, K, P]
+            selected = select_patches(tokens, indicators)                        # [B, F, 1+K, D]
+        return VideoFeatures(frames, frames_temporal, mask, selected.reshape(b, self.tokens_per_video, -1))
+
+    def _topk_indicators(self, scores: torch.Tensor, noise_seeds: Optional[torch.Tensor]) -> torch.Tensor:
+        """Scores [B, F, P] -> selection weights [B, F, K, P]."""
+        cfg = self.config
+        b, n_frames, patches = scores.shape
+        shape = (n_frames, cfg.topk_samples, patches)
+        if not self.training:
+            if cfg.eval_topk == "hard":
+                return hard_topk(scores, cfg.topk)
+            generator = torch.Generator().manual_seed(cfg.eval_noise_seed)
+            noise = torch.randn(shape, generator=generator).to(scores.device)[None]  # [1, F, S, P]: every video
+        elif noise_seeds is not None:
+            noise = seeded_noise(noise_seeds, shape, scores.device)             # [B, F, S, P]
+        else:
+            noise = torch.randn(b, *shape, device=scores.device)               # [B, F, S, P]
+        return perturbed_topk(scores, noise, cfg.topk, cfg.topk_sigma)
+
+    def _check_features(self, text: TextFeatures, video: VideoFeatures) -> None:
+        cfg = self.config
+        if text.words.shape[1] != cfg.max_words or video.frames.shape[1] != cfg.max_frames \
+                or video.tokens.shape[1] != self.tokens_per_video:
+            raise ValueError(f"similarity: features of another configuration (words {text.words.shape[1]}, frames "
+                             f"{video.frames.shape[1]}, tokens {video.tokens.shape[1]}; this model has "
+                             f"{cfg.max_words}, {cfg.max_frames}, {self.tokens_per_video})")
+
+    def similarity_levels(self, text: TextFeatures, video: VideoFeatures,
+                          levels: Sequence[str] = LEVELS) -> dict[str, torch.Tensor]:
+        """Logits [Nt, Nv] of each level (``video_sentence``, ``frame_sentence``, ``patch_word``), scored in blocks
+        of ``config.score_block_bytes``; per-text and per-video work is done once. ``levels`` picks a subset."""
+        self._check_features(text, video)
+        with _fp32(text.sentence.device):
+            text_side = self.levels.prepare_text(_full(text.sentence), _full(text.words), text.word_mask)
+            video_side = self.levels.prepare_video(_full(video.frames), _full(video.frames_temporal),
+                                                   video.frame_mask, _full(video.tokens))
+            return self.levels(text_side, video_side, _full(self.clip.logit_scale).exp(), levels)
+
+    def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,
+                noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Encode a batch of pairs and return this process's share of the global-batch contrastive loss
+        (``modules.losses.symmetric_infonce``: backward on it; its mean over processes is the global loss).
+
+        Going through ``forward`` lets DistributedDataParallel see the whole step.
+        """
+        text = self.encode_text(text_ids, text_mask)
+        video_features = self.encode_video(video, video_mask, noise_seeds)
+        return symmetric_infonce(self, text, video_features)
