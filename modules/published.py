@@ -61,6 +61,14 @@ def is_published_state_dict(state_dict: dict) -> bool:
     return "global_mat_weight" in keys or any(k.startswith("visual_token_selector.") for k in keys)
 
 
+def published_clip_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
+    """The CLIP backbone of a published checkpoint in OpenAI's layout (``clip.`` dropped, shift wrapper undone), for
+    building the backbone before the whole model is imported."""
+    state_dict = _strip_ddp_prefix(state_dict)
+    return {k[len("clip."):].replace(SHIFT_WRAPPER, ".attn."): v for k, v in state_dict.items()
+            if k.startswith("clip.")}
+
+
 def _our_key(key: str, shifted: set[int]) -> Optional[str]:
     """Our name of a published key, or None if it is not part of the map."""
     if key in KEY_MAP:

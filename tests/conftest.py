@@ -1,4 +1,4 @@
-"""Shared test set-up: import the project from the repository root; keep CPU runs deterministic."""
+"""Shared test set-up: import the project from the repository root, a small synthetic video set."""
 import os
 import sys
 
@@ -14,3 +14,13 @@ if ROOT not in sys.path:
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_set(tmp_path_factory) -> str:
+    """32 training and 12 test videos in the MSR-VTT layout (generated once per test session)."""
+    from modules.data.synthetic import generate
+
+    folder = str(tmp_path_factory.mktemp("synthetic"))
+    generate(folder, n_train=32, n_test=12, seed=0)
+    return folder

@@ -1,0 +1,80 @@
+"""Building UCoFiA for a run: from a CLIP name (training) or from a checkpoint alone (evaluation, tools).
+
+Evaluation never needs OpenAI's weights file: the backbone's architecture is read from the checkpoint itself.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .checkpoint import FORMAT, model_state_from, read_checkpoint
+from .clip import CLIP, Attention, build_clip, resolve_clip
+from .errors import CheckpointError
+from .published import is_published_state_dict, published_clip_state_dict
+from .state_dicts import check_compatible
+from .ucofia import ModelConfig, UCoFiA
+
+logger = logging.getLogger("ucofia")
+
+
+def convert_clip_to_fp16(clip: CLIP) -> None:
+    """The published recipe's ``convert_weights``: linear, convolution and attention weights and the two projections
+    in fp16; embeddings, LayerNorms and the logit scale stay fp32."""
+    for module in clip.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.weight.data = module.weight.data.half()
+            if module.bias is not None:
+                module.bias.data = module.bias.data.half()
+        elif isinstance(module, Attention):
+            module.in_proj_weight.data = module.in_proj_weight.data.half()
+            module.in_proj_bias.data = module.in_proj_bias.data.half()
+    clip.text_projection.data = clip.text_projection.data.half()
+    clip.visual.proj.data = clip.visual.proj.data.half()
+
+
+def prepare(model: UCoFiA, precision: str, grad_checkpointing: bool, device: torch.device) -> UCoFiA:
+    if grad_checkpointing:
+        model.clip.set_grad_checkpointing(True, True)
+    if precision == "legacy_fp16":
+        convert_clip_to_fp16(model.clip)
+    return model.to(device)
+
+
+def build_model(clip_name: str, model_cfg: ModelConfig, precision: str = "fp32", grad_checkpointing: bool = False,
+                device: torch.device = torch.device("cpu")) -> UCoFiA:
+    """UCoFiA on a CLIP given by ``--pretrained_clip_name`` (OpenAI name, weights file or ``random:<arch>``)."""
+    return prepare(UCoFiA(resolve_clip(clip_name), model_cfg), precision, grad_checkpointing, device)
+
+
+def build_model_from_checkpoint(path: str, model_cfg: ModelConfig, precision: str = "fp32",
+                                device: torch.device = torch.device("cpu")) -> tuple[UCoFiA, dict]:
+    """UCoFiA whose backbone architecture and weights come from a checkpoint (ours or the published code's).
+
+    Returns (model in eval mode, the checkpoint's contents). Loading is strict.
+    """
+    obj = read_checkpoint(path)
+    raw = obj["model"] if obj.get("format") == FORMAT else obj
+    if is_published_state_dict(raw):
+        clip_state = published_clip_state_dict(raw)
+    else:
+        clip_state = {k[len("clip."):]: v for k, v in raw.items() if k.startswith("clip.")}
+    if not clip_state:
+        raise CheckpointError(f"{path}: holds no CLIP backbone weights (no 'clip.*' keys)")
+    model = UCoFiA(build_clip(clip_state, source=path), model_cfg)
+    state = model_state_from(obj, model, path)
+    check_compatible(model.state_dict(), state, path, "the model the flags describe",
+                     "check --max_words, --max_frames, --topk, --patch_scorer, --sim_header, --shift_layers")
+    model.load_state_dict(state, strict=True)
+    saved = obj.get("config", {}).get("model") if isinstance(obj.get("config"), dict) else None
+    if saved:
+        differing = {k: (saved[k], v) for k, v in vars(model_cfg).items()
+                     if k in saved and _norm(saved[k]) != _norm(v)}
+        if differing:
+            logger.warning("model settings differ from the checkpoint's training run (checkpoint, now): %s", differing)
+    return prepare(model, precision, False, device).eval(), obj
+
+
+def _norm(value):
+    return list(value) if isinstance(value, (list, tuple)) else value

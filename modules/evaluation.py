@@ -1,0 +1,234 @@
+"""Evaluation: encode every text and video once, score the three levels in blocks, SK-norm, metrics.
+
+Under several processes each rank encodes a contiguous shard; features are gathered and put back in dataset order by
+index, so nothing is encoded twice and no padding duplicate reaches the metrics. Scoring is split by text rows across
+ranks. The SK-norm bank is the whole training split (or a fixed subsample), the same for any number of processes:
+text-to-video uses every training caption and gives a bias per test video; video-to-text uses every training video
+once and gives a bias per test caption (paper-notes §3.6).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .data import collate_skip_none
+from .engine import autocast_context
+from .errors import DataError
+from .metrics import t2v_metrics, v2t_metrics
+from .runtime import Runtime, show_progress
+from .samplers import ShardSampler, epoch_permutation
+from .sinkhorn import sk_bias
+from .ucofia import TextFeatures, VideoFeatures
+
+logger = logging.getLogger("ucofia")
+LEVELS = ("video_sentence", "frame_sentence", "patch_word")
+
+
+@dataclass
+class EvalOptions:
+    batch_size: int = 32        # per process, for encoding
+    workers: int = 1
+    precision: str = "fp32"
+    sk_iters: int = 4
+    sk_bank_size: int = 0       # 0: whole training split
+    seed: int = 42              # picks the bank subsample
+
+
+def as_dict(features) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(features, f.name) for f in fields(features)}
+
+
+def all_gather_rows(local: torch.Tensor, rt: Runtime, dim: int = 0) -> torch.Tensor:
+    """Concatenate every rank's slices along ``dim`` in rank order; sizes may differ between ranks."""
+    if not rt.distributed:
+        return local
+    local = local.movedim(dim, 0).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(rt.world_size)]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=local.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = local.new_zeros((longest,) + tuple(local.shape[1:]))
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(rt.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)]).movedim(0, dim)
+
+
+def _shard_indices(n: int, rt: Runtime, subset: Optional[torch.Tensor] = None) -> list[int]:
+    items = subset.tolist() if subset is not None else list(range(n))
+    return [items[i] for i in ShardSampler(len(items), rt.world_size, rt.rank).indices]
+
+
+def _batches(dataset, indices: list[int], opts: EvalOptions, collate=None, desc: str = "", rt=None):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=indices,
+                                         num_workers=opts.workers, collate_fn=collate)
+    return tqdm(loader, desc=desc, disable=rt is None or not show_progress(rt), leave=False, dynamic_ncols=True)
+
+
+def _to_float(features) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in as_dict(features).items()}
+
+
+def iter_text_features(model, dataset, rt: Runtime, opts: EvalOptions, subset=None, desc="texts"):
+    """Yield (TextFeatures, dataset indices) for this rank's shard, batch by batch."""
+    for batch in _batches(dataset, _shard_indices(len(dataset), rt, subset), opts, desc=desc, rt=rt):
+        with torch.no_grad(), autocast_context(opts.precision, rt.device):
+            f = model.encode_text(batch["text_ids"].to(rt.device), batch["text_mask"].to(rt.device))
+        yield TextFeatures(**_to_float(f)), torch.as_tensor(batch["index"])
+
+
+def iter_video_features(model, dataset, rt: Runtime, opts: EvalOptions, subset=None, desc="videos"):
+    """Yield (VideoFeatures, dataset indices) for this rank's shard; undecodable videos are absent when skipped."""
+    for batch in _batches(dataset, _shard_indices(len(dataset), rt, subset), opts, collate_skip_none, desc, rt):
+        if batch is None:
+            continue
+        with torch.no_grad(), autocast_context(opts.precision, rt.device):
+            f = model.encode_video(batch["video"].to(rt.device), batch["video_mask"].to(rt.device))
+        yield VideoFeatures(**_to_float(f)), torch.as_tensor(batch["index"])
+
+
+def gather_all(parts: list, cls, total: int, rt: Runtime, device: torch.device):
+    """Concatenate this rank's (features, index) parts, gather all ranks, order by index.
+
+    Returns (features of every present item in dataset order, LongTensor of their dataset indices).
+    """
+    names = [f.name for f in fields(cls)]
+    if parts:
+        local = {n: torch.cat([getattr(p[0], n) for p in parts]) for n in names}
+        index = torch.cat([p[1] for p in parts]).to(device)
+    else:
+        local, index = None, torch.zeros(0, dtype=torch.long, device=device)
+    if rt.distributed:  # a rank with an empty shard needs the others' row shapes to take part in the gather
+        specs = [None] * rt.world_size
+        dist.all_gather_object(specs, None if local is None else
+                               {n: (tuple(t.shape[1:]), t.dtype) for n, t in local.items()})
+        spec = next((s for s in specs if s is not None), None)
+        if spec is None:
+            raise DataError("nothing could be encoded: every item of the split was skipped")
+        if local is None:
+            local = {n: torch.zeros((0,) + shape, dtype=dtype, device=device) for n, (shape, dtype) in spec.items()}
+    elif local is None:
+        raise DataError("nothing could be encoded: every item of the split was skipped")
+    index = all_gather_rows(index, rt)
+    order = torch.argsort(index)
+    out = {n: all_gather_rows(local[n], rt)[order] for n in names}
+    index = index[order]
+    if index.numel() != torch.unique(index).numel() or (index.numel() and int(index.max()) >= total):
+        raise RuntimeError("gathered evaluation indices are not a set of dataset positions")
+    return cls(**out), index
+
+
+@dataclass
+class TestFeatures:
+    text: TextFeatures
+    video: VideoFeatures
+    caption_to_video: torch.Tensor   # [Nt] video position (in ``video``) of each caption
+    text_index: torch.Tensor         # dataset indices of the captions kept
+    video_index: torch.Tensor        # dataset indices of the videos kept
+
+
+def encode_test_set(model, split, rt: Runtime, opts: EvalOptions) -> TestFeatures:
+    """Encode every caption and video of ``split`` once; captions of videos that could not be decoded are dropped."""
+    videos, v_index = gather_all(list(iter_video_features(model, split.video_view(), rt, opts)), VideoFeatures,
+                                 len(split.video_ids), rt, rt.device)
+    texts, t_index = gather_all(list(iter_text_features(model, split.text_view(), rt, opts)), TextFeatures,
+                                len(split.captions), rt, rt.device)
+    position = torch.full((len(split.video_ids),), -1, dtype=torch.long)
+    position[v_index.cpu()] = torch.arange(v_index.numel())
+    c2v = position[torch.as_tensor(split.caption_to_video, dtype=torch.long)[t_index.cpu()]]
+    keep = c2v >= 0
+    if not keep.all():
+        logger.warning("%d captions dropped with their undecodable videos", int((~keep).sum()))
+        rows = torch.nonzero(keep).flatten().to(rt.device)
+        texts = TextFeatures(**{k: v[rows] for k, v in as_dict(texts).items()})
+        t_index, c2v = t_index[rows], c2v[keep]
+    return TestFeatures(texts, videos, c2v, t_index.cpu(), v_index.cpu())
+
+
+def score_test(model, feats: TestFeatures, rt: Runtime) -> dict[str, torch.Tensor]:
+    """Per-level [Nt, Nv] logits; each rank scores a contiguous block of text rows, then rows are gathered."""
+    rows = torch.tensor(_shard_indices(feats.text.sentence.shape[0], rt), dtype=torch.long, device=rt.device)
+    n_videos = feats.video.frames.shape[0]
+    if rows.numel() == 0:  # more processes than captions
+        sims = {k: torch.zeros(0, n_videos, device=rt.device) for k in LEVELS}
+    else:
+        text = TextFeatures(**{k: v[rows] for k, v in as_dict(feats.text).items()})
+        with torch.no_grad():
+            sims = model.similarity_levels(text, feats.video)
+    return {k: all_gather_rows(sims[k].float(), rt) for k in LEVELS}
+
+
+def bank_subset(n: int, opts: EvalOptions) -> Optional[torch.Tensor]:
+    """A fixed, sorted subsample of the bank when ``sk_bank_size`` asks for fewer items than the split has."""
+    if not opts.sk_bank_size or opts.sk_bank_size >= n:
+        return None
+    return torch.sort(epoch_permutation(n, opts.seed, 0)[:opts.sk_bank_size]).values
+
+
+def bank_scores(model, train_split, feats: TestFeatures, direction: str, rt: Runtime,
+                opts: EvalOptions) -> dict[str, torch.Tensor]:
+    """Per-level bank x gallery logits: [Nb, Nv] (training captions x test videos) for text-to-video, [Nb, Nt]
+    (training videos x test captions) for video-to-text. Bank features are scored batch by batch, never stored."""
+    parts = {k: [] for k in LEVELS}
+    if direction == "t2v":
+        view = train_split.text_view()
+        stream = iter_text_features(model, view, rt, opts, bank_subset(len(view), opts), "SK bank: train captions")
+        for text, _ in stream:
+            with torch.no_grad():
+                sims = model.similarity_levels(text, feats.video)
+            for k in LEVELS:
+                parts[k].append(sims[k].float())
+    else:
+        view = train_split.video_view()
+        stream = iter_video_features(model, view, rt, opts, bank_subset(len(view), opts), "SK bank: train videos")
+        for video, _ in stream:
+            with torch.no_grad():
+                sims = model.similarity_levels(feats.text, video)       # [Nt, b]
+            for k in LEVELS:
+                parts[k].append(sims[k].float().t())                    # [b, Nt]
+    n_cols = feats.video.frames.shape[0] if direction == "t2v" else feats.text.sentence.shape[0]
+    out = {}
+    for k in LEVELS:
+        local = torch.cat(parts[k]) if parts[k] else torch.zeros(0, n_cols, device=rt.device)
+        out[k] = all_gather_rows(local, rt)
+    if out[LEVELS[0]].shape[0] == 0:
+        raise DataError("the SK-norm bank is empty: the training split has no usable items")
+    return out
+
+
+def sk_biases(bank: dict[str, torch.Tensor], n_iters: int) -> dict[str, torch.Tensor]:
+    return {k: sk_bias(bank[k], n_iters=n_iters) for k in LEVELS}
+
+
+def add_bias(sim: torch.Tensor, bias: torch.Tensor, direction: str) -> torch.Tensor:
+    """[Nt, Nv] plus an SK bias per video column (text-to-video) or per caption row (video-to-text)."""
+    return sim + (bias[None, :] if direction == "t2v" else bias[:, None])
+
+
+def combine(levels: dict[str, torch.Tensor], bias: Optional[dict[str, torch.Tensor]] = None,
+            direction: str = "t2v") -> torch.Tensor:
+    """Mean of the levels [Nt, Nv], each plus its own SK bias when given."""
+    total = 0
+    for k in LEVELS:
+        total = total + (levels[k] if bias is None else add_bias(levels[k], bias[k], direction))
+    return total / len(LEVELS)
+
+
+def dsl(sim: torch.Tensor, direction: str) -> torch.Tensor:
+    """Dual softmax (CAMoE) normalised over the *test* queries: it uses test-set statistics."""
+    return sim * torch.softmax(sim, dim=0 if direction == "t2v" else 1)
+
+
+def metrics_for(sim: torch.Tensor, caption_to_video: torch.Tensor, direction: str) -> dict[str, float]:
+    c2v = caption_to_video.to(sim.device)
+    return t2v_metrics(sim, c2v) if direction == "t2v" else v2t_metrics(sim, c2v)
+
+
+def evaluate_directions(levels: dict[str, torch.Tensor], c2v: torch.Tensor, directions=("t2v", "v2t")) -> dict:
+    """Raw metrics of the mean of the levels, per direction (training-time validation)."""
+    raw = combine(levels)
+    return {d: metrics_for(raw, c2v, d) for d in directions}

@@ -1,0 +1,153 @@
+"""The evaluation protocol of ``eval_t2v`` / ``eval_v2t``: raw, SK-norm and DSL side by side, overall and per level.
+
+Writes ``<output_dir>/results_<direction>.json`` (design.md format) and prints a table. ``--save_sims`` adds the
+per-level test and bank similarity matrices as ``.npy``; ``--feature_cache DIR`` keeps the encoded test features and
+bank similarities so that a second run only scores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from .build import build_model_from_checkpoint
+from .checkpoint import atomic_save, read_checkpoint
+from .config import RunConfig
+from .data import build_split
+from .errors import ConfigError
+from .evaluation import (LEVELS, EvalOptions, TestFeatures, add_bias, as_dict, bank_scores, combine, dsl,
+                         encode_test_set, metrics_for, score_test, sk_biases)
+from .runtime import Runtime
+from .training import write_json
+from .ucofia import TextFeatures, VideoFeatures
+
+logger = logging.getLogger("ucofia")
+NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
+BANK_SOURCE = {"t2v": "every caption of the training split", "v2t": "every video of the training split, once"}
+
+
+def _cache_key(cfg: RunConfig, split_name: str) -> str:
+    stat = os.stat(cfg.init_model)
+    data = {k: v for k, v in vars(cfg.data).items() if k not in ("skip_bad_videos", "seed", "train_frame_order")}
+    ident = {"checkpoint": os.path.abspath(cfg.init_model), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+             "model": vars(cfg.model), "data": data, "split": split_name, "precision": cfg.precision}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_cached(path: str, rt: Runtime):
+    if path and os.path.isfile(path):
+        obj = read_checkpoint(path)
+        logger.info("features read from cache %s", path)
+        return {k: (v.to(rt.device) if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}
+    return None
+
+
+def _save_cached(obj: dict, path: str, rt: Runtime) -> None:
+    if path and rt.is_main:
+        atomic_save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}, path)
+
+
+def test_features(model, split, rt: Runtime, opts: EvalOptions, cache_path: str) -> TestFeatures:
+    cached = _load_cached(cache_path, rt)
+    if cached is not None:
+        text = TextFeatures(**{k[5:]: v for k, v in cached.items() if k.startswith("text.")})
+        video = VideoFeatures(**{k[6:]: v for k, v in cached.items() if k.startswith("video.")})
+        return TestFeatures(text, video, cached["caption_to_video"].cpu(), cached["text_index"].cpu(),
+                            cached["video_index"].cpu())
+    feats = encode_test_set(model, split, rt, opts)
+    obj = {f"text.{k}": v for k, v in as_dict(feats.text).items()}
+    obj.update({f"video.{k}": v for k, v in as_dict(feats.video).items()})
+    obj.update(caption_to_video=feats.caption_to_video, text_index=feats.text_index, video_index=feats.video_index)
+    _save_cached(obj, cache_path, rt)
+    return feats
+
+
+def format_table(title: str, rows: dict[str, dict]) -> str:
+    lines = [title, f"{'':34s}{'R@1':>7s}{'R@5':>7s}{'R@10':>7s}{'MdR':>7s}{'MnR':>8s}"]
+    for name, m in rows.items():
+        lines.append(f"{name:34s}{m['R1']:7.1f}{m['R5']:7.1f}{m['R10']:7.1f}{m['MdR']:7.1f}{m['MnR']:8.1f}")
+    return "\n".join(lines)
+
+
+def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
+    """Evaluate ``--init_model`` on the test split in one direction; returns the results dict (also written)."""
+    if not cfg.init_model:
+        raise ConfigError("--init_model is required: the checkpoint to evaluate (set CKPT in the eval script)")
+    started = time.time()
+    model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
+    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
+                       precision=cfg.precision, sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
+    test_split = build_split(cfg.data, "test")
+    train_split = build_split(cfg.data, "train")
+    key = _cache_key(cfg, "test") if cfg.feature_cache else ""
+    cache = (lambda name: os.path.join(cfg.feature_cache, key, name)) if cfg.feature_cache else (lambda name: "")
+
+    feats = test_features(model, test_split, rt, opts, cache("test_features.pt"))
+    t_encoded = time.time()
+    levels = score_test(model, feats, rt)
+    bank = _load_cached(cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+    if bank is None:
+        bank = bank_scores(model, train_split, feats, direction, rt, opts)
+        _save_cached(bank, cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+    bias = sk_biases(bank, cfg.sk_iters)
+    c2v = feats.caption_to_video
+    raw = combine(levels)
+    sk = combine(levels, bias, direction)
+    results = {
+        "direction": direction,
+        "datatype": cfg.data.datatype,
+        "split": "test",
+        "num_texts": int(c2v.numel()),
+        "num_videos": int(feats.video.frames.shape[0]),
+        "metrics": {"raw": metrics_for(raw, c2v, direction), "sk_norm": metrics_for(sk, c2v, direction),
+                    "dsl": metrics_for(dsl(raw, direction), c2v, direction)},
+        "levels": {k: {"raw": metrics_for(levels[k], c2v, direction),
+                       "sk_norm": metrics_for(add_bias(levels[k], bias[k], direction), c2v, direction)}
+                   for k in LEVELS},
+        "sk_bank": {"source": BANK_SOURCE[direction], "size": int(bank[LEVELS[0]].shape[0]),
+                    "iterations": cfg.sk_iters},
+        "notes": {"dsl": "normalised over the test queries: uses test-set statistics, not comparable to raw/SK-norm",
+                  "decoder": f"OpenCV {cv2.__version__}"},
+        "skipped_videos": len(getattr(test_split, "skipped", [])) + len(test_split.video_ids)
+        - feats.video_index.numel(),
+        "checkpoint": cfg.init_model,
+        "seconds": {"encode": round(t_encoded - started, 2), "total": round(time.time() - started, 2)},
+    }
+    if rt.is_main:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        write_json(results, os.path.join(cfg.output_dir, f"results_{direction}.json"))
+        if cfg.save_sims:
+            for k in LEVELS:
+                np.save(os.path.join(cfg.output_dir, f"sims_{direction}_test_{k}.npy"), levels[k].cpu().numpy())
+                np.save(os.path.join(cfg.output_dir, f"sims_{direction}_bank_{k}.npy"), bank[k].cpu().numpy())
+        rows = {"raw": results["metrics"]["raw"], "SK-norm (paper protocol)": results["metrics"]["sk_norm"],
+                "DSL* (test-query statistics)": results["metrics"]["dsl"]}
+        rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in LEVELS})
+        title = (f"{cfg.data.datatype} test, {NAMES[direction]}: {results['num_texts']} captions x "
+                 f"{results['num_videos']} videos; SK bank {results['sk_bank']['size']} "
+                 f"({results['sk_bank']['source']})")
+        print(format_table(title, rows), flush=True)
+    return results
+
+
+def eval_main(argv, direction: str) -> int:
+    """Entry point body of ``eval_t2v`` / ``eval_v2t``; the two differ in ``direction`` only."""
+    from .config import parse_args
+    from .runtime import run_entry, setup, setup_logging
+    from .training import prepare_output_dir
+
+    def run() -> int:
+        cfg = parse_args(argv, "eval_" + direction)
+        prepare_output_dir(cfg.output_dir)
+        rt = setup(cfg.device, cfg.seed, cfg.deterministic)
+        setup_logging(rt.rank, os.path.join(cfg.output_dir, f"log_eval_{direction}.txt"))
+        run_evaluation(cfg, rt, direction)
+        return 0
+
+    return run_entry(run)

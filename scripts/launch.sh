@@ -1,0 +1,31 @@
+# Shared by train/scripts/*.sh and eval_*/scripts/*.sh (sourced, POSIX sh): required variables and the torchrun line.
+#   NGPU         processes per node (default: every visible GPU, or 1 on a machine without one)
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   multi-node runs (defaults: one node on this machine)
+#   DRY_RUN=1    print the command instead of running it
+
+require() {
+    eval "value=\${$1:-}"
+    if [ -z "$value" ]; then
+        echo "error: set $1 ($2), e.g. $1=/path/to/it sh $0" >&2
+        exit 2
+    fi
+}
+
+if [ -z "${NGPU:-}" ]; then
+    NGPU=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))" 2>/dev/null || echo 1)
+fi
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+
+# Relative paths stay relative to where the script was started; the project is found through PYTHONPATH.
+run() {
+    if [ "${DRY_RUN:-0}" = "1" ]; then
+        echo "$@"
+        return 0
+    fi
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@"
+}
+
+LAUNCH="torchrun --nproc_per_node=$NGPU --nnodes=$NNODES --node_rank=$NODE_RANK --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT"

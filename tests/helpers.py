@@ -1,0 +1,38 @@
+"""Flags and subprocess helpers shared by the end-to-end tests."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def data_flags(folder: str) -> list[str]:
+    return ["--datatype", "msrvtt", "--train_csv", os.path.join(folder, "train.csv"),
+            "--val_csv", os.path.join(folder, "test.csv"), "--data_path", os.path.join(folder, "data.json"),
+            "--features_path", os.path.join(folder, "videos")]
+
+
+def tiny_flags(folder: str, output_dir: str) -> list[str]:
+    """A run small enough for the CPU tests: tiny CLIP, 4 frames, 16 words, batch 8."""
+    return data_flags(folder) + ["--output_dir", output_dir, "--pretrained_clip_name", "random:tiny",
+                                 "--max_words", "16", "--max_frames", "4", "--batch_size", "8",
+                                 "--batch_size_val", "16", "--num_thread_reader", "0", "--n_display", "1",
+                                 "--lr", "1e-3", "--coef_lr", "1", "--device", "cpu"]
+
+
+def run_module(module: str, args: list[str], nproc: int = 1, timeout: float = 300,
+               **popen) -> subprocess.CompletedProcess:
+    """Run ``python -m module`` (or torchrun with ``nproc`` processes) from the repository root."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(29500 + os.getpid() % 1000), "-m", module] + args
+    else:
+        cmd = [sys.executable, "-m", module] + args
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def read_steps(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "train_steps.jsonl")) as f:
+        return [json.loads(line) for line in f]
