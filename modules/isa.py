@@ -8,7 +8,8 @@ softmax(x / tau) being a row vector. W mixes the sharp attention weights across 
 Padded units are masked out of both softmaxes (``mask``), so their values never matter.
 
 ``isa`` is the readable entry point; ``isa_scaled`` is the same computation on inputs already divided by tau, which the
-patch-word level uses to avoid a pass over its large [texts, words, videos, patches] tensor.
+patch-word level uses to avoid a pass over its large [texts, words, videos, patches] tensor. ``isa_scaled_weights``
+returns the weights alpha themselves, for explanations and pictures (``UCoFiA.explain``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ def _mix(a: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
     return (weight.t() @ folded).view(a.shape)                                # [pre, n, post] -> a.shape
 
 
+def isa_scaled_weights(xs: torch.Tensor, weight: torch.Tensor, dim: int = -1,
+                       inner_bias: Optional[torch.Tensor] = None,
+                       outer_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The ISA weights alpha = softmax(softmax(xs + b1) weight + b2) of ``isa_scaled`` (same arguments).
+
+    Returns:
+        alpha, ``xs.shape``: along ``dim`` a distribution over the units, 0 where a bias is -inf.
+    """
+    dim = dim % xs.dim()
+    inner = xs if inner_bias is None else xs + inner_bias
+    mixed = _mix(torch.softmax(inner, dim=dim), weight, dim)                  # xs.shape
+    if outer_bias is not None:
+        mixed = mixed + outer_bias
+    return torch.softmax(mixed, dim=dim)                                      # xs.shape
+
+
 def isa_scaled(xs: torch.Tensor, weight: torch.Tensor, dim: int = -1, inner_bias: Optional[torch.Tensor] = None,
                outer_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ISA on scaled inputs: returns sum_k alpha_k xs_k with alpha = softmax(softmax(xs + b1) weight + b2).
@@ -46,13 +63,8 @@ def isa_scaled(xs: torch.Tensor, weight: torch.Tensor, dim: int = -1, inner_bias
     Returns:
         ``xs`` with ``dim`` reduced (still divided by tau).
     """
-    dim = dim % xs.dim()
-    inner = xs if inner_bias is None else xs + inner_bias
-    mixed = _mix(torch.softmax(inner, dim=dim), weight, dim)                  # xs.shape
-    if outer_bias is not None:
-        mixed = mixed + outer_bias
-    alpha = torch.softmax(mixed, dim=dim)                                     # xs.shape
-    return (alpha * xs).sum(dim)
+    alpha = isa_scaled_weights(xs, weight, dim, inner_bias, outer_bias)      # xs.shape
+    return (alpha * xs).sum(dim % xs.dim())
 
 
 def isa(x: torch.Tensor, weight: torch.Tensor, tau: float, mask: Optional[torch.Tensor] = None,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .isa import isa_scaled, mask_bias
+from .isa import isa_scaled, isa_scaled_weights, mask_bias
 
 LEVELS = ("video_sentence", "frame_sentence", "patch_word")
 # Tensors of the patch-word block's size alive at once (G / tau, two softmax outputs, the mixed weights, a product).
@@ -113,15 +113,26 @@ class LevelHead(nn.Module):
             token_bias = frame_bias.repeat_interleave(self.tokens_per_frame, dim=1)  # [Nv, F(1+K)]
         return VideoSide(video, F.normalize(frames, dim=-1), tokens @ self.patch_proj, frame_bias, token_bias)
 
-    def frame_sentence(self, text: TextSide, video: VideoSide, logit_scale: torch.Tensor) -> torch.Tensor:
-        """[bt, bv] frame-sentence logits of a block."""
+    def video_sentence(self, text: TextSide, video: VideoSide, logit_scale: torch.Tensor) -> torch.Tensor:
+        """[Nt, Nv] video-sentence logits."""
+        return logit_scale * text.sentence @ video.video.t()
+
+    def _frame_terms(self, text: TextSide, video: VideoSide) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Sentence-frame similarities / tau [bt, bv, F] of a block and the padded-frame bias [1, bv, F] or None."""
         bv, n_frames, dim = video.frames.shape
         x = (text.sentence_scaled @ video.frames.reshape(bv * n_frames, dim).t()).view(-1, bv, n_frames)  # [bt,bv,F]
         bias = None if video.frame_bias is None else video.frame_bias.unsqueeze(0)  # [1, bv, F]
+        return x, bias
+
+    def frame_sentence(self, text: TextSide, video: VideoSide, logit_scale: torch.Tensor) -> torch.Tensor:
+        """[bt, bv] frame-sentence logits of a block."""
+        x, bias = self._frame_terms(text, video)
         return logit_scale * self.tau * isa_scaled(x, self.frame_isa / self.tau, -1, bias, bias)
 
-    def patch_word(self, text: TextSide, video: VideoSide) -> torch.Tensor:
-        """[bt, bv] patch-word logits of a block."""
+    def _patch_word_terms(self, text: TextSide, video: VideoSide
+                          ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The inputs of the patch-word level's two final ISAs for a block: c / tau [bt, bv, M] (per token, over
+        words), d / tau [bt, L, bv] (per word, over tokens), and their biases [1, bv, M] and [bt, L, 1] or None."""
         bt, n_words, dim = text.words.shape
         bv, n_tokens, _ = video.tokens.shape
         g = text.words.reshape(bt * n_words, dim) @ video.tokens.reshape(bv * n_tokens, dim).t()  # [bt L, bv M]
@@ -134,9 +145,36 @@ class LevelHead(nn.Module):
         per_word = isa_scaled(g, self.patch_isa / self.tau, 3, tok_b, tok_b)        # [bt, L, bv]: d / tau
         tok_b = None if tok_b is None else tok_b[0]                                 # [1, bv, M]
         word_b = None if word_b is None else word_b[..., 0]                         # [bt, L, 1]
+        return per_token, per_word, tok_b, word_b
+
+    def patch_word(self, text: TextSide, video: VideoSide) -> torch.Tensor:
+        """[bt, bv] patch-word logits of a block."""
+        per_token, per_word, tok_b, word_b = self._patch_word_terms(text, video)
         video_score = isa_scaled(per_token, self.patch_isa_2 / self.tau, 2, tok_b, tok_b)  # [bt, bv]
         text_score = isa_scaled(per_word, self.word_isa_2 / self.tau, 1, word_b, word_b)   # [bt, bv]
         return self.tau * (video_score + text_score) / 2
+
+    def explain(self, text: TextSide, video: VideoSide, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ISA weights behind every pair of a (small) block, and the logits they give.
+
+        Returns:
+            ``video_sentence``, ``frame_sentence``, ``patch_word`` [bt, bv] (equal to ``forward``'s);
+            ``frame_weights`` [bt, bv, F]: frame-sentence ISA over frames;
+            ``token_weights`` [bt, bv, M]: patch-word ISA of c over the visual tokens;
+            ``word_weights`` [bt, bv, L]: patch-word ISA of d over the words.
+            Each weight vector sums to 1 and is 0 at padding when ``mask_padding`` is on.
+        """
+        x, bias = self._frame_terms(text, video)                                    # [bt, bv, F]
+        frame_w = isa_scaled_weights(x, self.frame_isa / self.tau, -1, bias, bias)  # [bt, bv, F]
+        per_token, per_word, tok_b, word_b = self._patch_word_terms(text, video)
+        token_w = isa_scaled_weights(per_token, self.patch_isa_2 / self.tau, 2, tok_b, tok_b)  # [bt, bv, M]
+        word_w = isa_scaled_weights(per_word, self.word_isa_2 / self.tau, 1, word_b, word_b)   # [bt, L, bv]
+        video_score = (token_w * per_token).sum(2)                                  # [bt, bv]
+        text_score = (word_w * per_word).sum(1)                                     # [bt, bv]
+        return {"video_sentence": self.video_sentence(text, video, logit_scale),
+                "frame_sentence": logit_scale * self.tau * (frame_w * x).sum(-1),
+                "patch_word": self.tau * (video_score + text_score) / 2,
+                "frame_weights": frame_w, "token_weights": token_w, "word_weights": word_w.transpose(1, 2)}
 
     def block_shape(self, n_text: int, n_video: int, n_words: int, n_tokens: int, itemsize: int) -> tuple[int, int]:
         """Texts and videos per block so that the patch-word block stays within ``block_bytes``."""
@@ -154,7 +192,7 @@ class LevelHead(nn.Module):
             raise ValueError(f"unknown similarity levels {sorted(unknown)}; choose from {', '.join(LEVELS)}")
         out = {}
         if "video_sentence" in levels:
-            out["video_sentence"] = logit_scale * text.sentence @ video.video.t()  # [Nt, Nv]
+            out["video_sentence"] = self.video_sentence(text, video, logit_scale)  # [Nt, Nv]
         blockwise = [name for name in ("frame_sentence", "patch_word") if name in levels]
         if not blockwise:
             return out

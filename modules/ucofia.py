@@ -5,6 +5,7 @@
           frames = per-frame class token [B, F, D];  frames_temporal = temporal module(frames) [B, F, D]
           tokens = per frame: class token + K patches (scorer + perturbed top-K) [B, F (1+K), D]
     similarity_levels(text, video) -> {video_sentence, frame_sentence, patch_word}, each [Nt, Nv]
+    explain(caption, video) -> the selected patches and ISA weights behind one pair's scores (for pictures)
 
 Encoding and scoring are separate so that features can be gathered across ranks, cached and scored in blocks.
 Faithful to the released checkpoint, without the published code's bugs (design.md): padded words and frames are
@@ -23,7 +24,7 @@ from torch import nn
 from .clip import CLIP
 from .errors import ConfigError
 from .losses import symmetric_infonce
-from .similarity import LEVELS, LevelHead
+from .similarity import LEVELS, LevelHead, TextSide, VideoSide
 from .temporal import SIM_HEADERS, build_temporal
 from .token_selection import PATCH_SCORERS, hard_topk, perturbed_topk, seeded_noise, select_patches
 from .token_shift import apply_token_shift
@@ -138,6 +139,19 @@ class VideoFeatures(_Features):
     tokens: torch.Tensor
 
 
+@dataclass
+class Explanation:
+    """The inside of one caption-video score (``UCoFiA.explain``). With ``mask_padding`` every weight vector is a
+    distribution over the real frames, words or tokens (0 at padding)."""
+    levels: dict[str, torch.Tensor]  # per-level logit (scalar), as ``similarity_levels`` gives for the pair
+    selection: torch.Tensor          # [F, K, P] top-K selection weights: slot k of frame f over its P patches
+    frame_weights: torch.Tensor      # [F] frame-sentence ISA weights over the frames for this sentence
+    token_weights: torch.Tensor      # [F, 1+K] patch-word ISA weights over the visual tokens (class token, K patches)
+    word_weights: torch.Tensor       # [L] patch-word ISA weights over the words
+    frame_mask: torch.Tensor         # [F] bool, real frames
+    word_mask: torch.Tensor          # [L] bool, real tokens (start to end token)
+
+
 class UCoFiA(nn.Module):
     """The UCoFiA model around a CLIP backbone (kept as ``self.clip``).
 
@@ -204,6 +218,11 @@ class UCoFiA(nn.Module):
                 ``noise_seeds[b]``, so it does not depend on the batch or the number of processes. None draws from
                 the global RNG. Ignored in eval mode, where selection follows ``config.eval_topk``.
         """
+        return self._encode_video(video, video_mask, noise_seeds)[0]
+
+    def _encode_video(self, video: torch.Tensor, video_mask: torch.Tensor,
+                      noise_seeds: Optional[torch.Tensor]) -> tuple[VideoFeatures, torch.Tensor]:
+        """``encode_video``, and the top-K selection weights [B, F, K, P] it used (for ``explain``)."""
         cfg, res = self.config, self.clip.config.image_resolution
         if video.dim() != 5 or tuple(video.shape[1:]) != (cfg.max_frames, 3, res, res):
             raise ValueError(f"encode_video: expected video of shape [B, {cfg.max_frames}, 3, {res}, {res}], "
@@ -227,7 +246,8 @@ class UCoFiA(nn.Module):
             scores = self.patch_scorer(tokens, padding_mask)                     # [B, F, P]
             indicators = self._topk_indicators(scores, noise_seeds)              # [B, F, K, P]
             selected = select_patches(tokens, indicators)                        # [B, F, 1+K, D]
-        return VideoFeatures(frames, frames_temporal, mask, selected.reshape(b, self.tokens_per_video, -1))
+        features = VideoFeatures(frames, frames_temporal, mask, selected.reshape(b, self.tokens_per_video, -1))
+        return features, indicators
 
     def _topk_indicators(self, scores: torch.Tensor, noise_seeds: Optional[torch.Tensor]) -> torch.Tensor:
         """Scores [B, F, P] -> selection weights [B, F, K, P]."""
@@ -259,10 +279,44 @@ class UCoFiA(nn.Module):
         of ``config.score_block_bytes``; per-text and per-video work is done once. ``levels`` picks a subset."""
         self._check_features(text, video)
         with _fp32(text.sentence.device):
-            text_side = self.levels.prepare_text(_full(text.sentence), _full(text.words), text.word_mask)
-            video_side = self.levels.prepare_video(_full(video.frames), _full(video.frames_temporal),
-                                                   video.frame_mask, _full(video.tokens))
+            text_side, video_side = self._sides(text, video)
             return self.levels(text_side, video_side, _full(self.clip.logit_scale).exp(), levels)
+
+    def _sides(self, text: TextFeatures, video: VideoFeatures) -> tuple[TextSide, VideoSide]:
+        """The per-text and per-video work of the levels, in fp32 (call inside ``_fp32``)."""
+        text_side = self.levels.prepare_text(_full(text.sentence), _full(text.words), text.word_mask)
+        video_side = self.levels.prepare_video(_full(video.frames), _full(video.frames_temporal), video.frame_mask,
+                                               _full(video.tokens))
+        return text_side, video_side
+
+    @torch.no_grad()
+    def explain(self, text_ids: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor,
+                video_mask: torch.Tensor) -> Explanation:
+        """What the score of one caption and one video is made of, for pictures (``scripts/visualize.py``).
+
+        Runs the forward pass's own encoders, patch selection and levels; call it in eval mode to get the eval-time
+        selection (``config.eval_topk``).
+
+        Args:
+            text_ids, text_mask: [1, max_words], as for ``encode_text``.
+            video, video_mask: [1, max_frames, 3, R, R] and [1, max_frames], as for ``encode_video``.
+        Returns:
+            ``Explanation`` of the pair (no batch dimension).
+        """
+        if text_ids.shape[0] != 1 or video.shape[0] != 1:
+            raise ValueError(f"explain: one caption and one video expected, got {text_ids.shape[0]} and "
+                             f"{video.shape[0]}")
+        text = self.encode_text(text_ids, text_mask)
+        features, selection = self._encode_video(video, video_mask, None)
+        with _fp32(features.frames.device):
+            text_side, video_side = self._sides(text, features)
+            out = self.levels.explain(text_side, video_side, _full(self.clip.logit_scale).exp())
+        n_frames = self.config.max_frames
+        return Explanation(levels={name: out[name][0, 0] for name in LEVELS}, selection=selection[0],
+                           frame_weights=out["frame_weights"][0, 0],
+                           token_weights=out["token_weights"][0, 0].view(n_frames, 1 + self.config.topk),
+                           word_weights=out["word_weights"][0, 0], frame_mask=features.frame_mask[0],
+                           word_mask=text.word_mask[0])
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,
                 noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:

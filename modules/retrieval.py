@@ -1,0 +1,237 @@
+"""Retrieval on your own videos with a trained checkpoint (``scripts/retrieve.py``, ``scripts/visualize.py``).
+
+    load_tool(checkpoint)       the model with the settings it was trained with (``config`` saved in the checkpoint)
+    update_index(tool, files)   features of every video in a folder, cached in one file; only new or changed files
+                                (path, size, modification time) are encoded, and only with the same checkpoint and
+                                settings
+    score(tool, text, videos)   per-level logits and their mean, exactly as the evaluation's raw scores
+
+SK-norm needs a bank of training captions or videos, which a folder of your own videos does not have: scores here are
+the raw ones (the ``raw`` row of ``eval_t2v`` / ``eval_v2t``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .build import build_model_from_checkpoint
+from .checkpoint import atomic_save, read_checkpoint
+from .data import DataConfig, VideoFiles
+from .engine import autocast_context
+from .errors import CheckpointError, ConfigError, DataError
+from .evaluation import EvalOptions, combine, gather_all, iter_video_features
+from .runtime import Runtime
+from .similarity import LEVELS
+from .tokenizer import text_mask, tokenize
+from .ucofia import ModelConfig, TextFeatures, UCoFiA, VideoFeatures
+
+logger = logging.getLogger("ucofia")
+INDEX_FORMAT = "ucofia-video-index-v1"
+# Model settings a tool may override (e.g. for a published checkpoint, which saves none); the rest must match.
+MODEL_FLAGS = ("max_words", "max_frames", "topk", "sim_header", "patch_scorer", "mask_padding", "eval_topk")
+# Frame sampling settings read from the checkpoint's data config, overridable too.
+SAMPLING_FLAGS = ("feature_framerate", "slice_framepos")
+
+
+@dataclass
+class Tool:
+    """A model ready for tools, with the sampling settings its videos need and a key naming both."""
+    model: UCoFiA
+    data: DataConfig
+    rt: Runtime
+    precision: str
+    key: str  # checkpoint file (path, size, mtime) + model and sampling settings + precision
+
+
+def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the tools: checkpoint, device, precision and the model/sampling overrides."""
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.main (or the published one)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    g = parser.add_argument_group("model settings (default: those saved in the checkpoint, else the published ones)")
+    g.add_argument("--max_words", type=int)
+    g.add_argument("--max_frames", type=int)
+    g.add_argument("--topk", type=int)
+    g.add_argument("--sim_header", choices=["seqTransf", "meanP"])
+    g.add_argument("--patch_scorer", choices=["video", "frame"])
+    g.add_argument("--mask_padding", type=int, choices=[0, 1])
+    g.add_argument("--eval_topk", choices=["perturbed", "hard"])
+    g.add_argument("--feature_framerate", type=float)
+    g.add_argument("--slice_framepos", type=int, choices=[0, 1, 2])
+
+
+def tool_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The model/sampling flags given on the command line (None: not given)."""
+    out = {k: getattr(args, k) for k in MODEL_FLAGS + SAMPLING_FLAGS}
+    if out["mask_padding"] is not None:
+        out["mask_padding"] = bool(out["mask_padding"])
+    return out
+
+
+def _saved_config(path: str) -> dict:
+    """The ``config`` saved in a checkpoint of ours ({} for a bare state dict), without reading the weights."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+    except Exception:
+        obj = read_checkpoint(path)  # raises the one-line CheckpointError for whatever is wrong
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def tool_settings(checkpoint: str, overrides: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
+    """Model settings and frame sampling a checkpoint was trained with, ``overrides`` (not None) winning.
+
+    Returns:
+        (ModelConfig, {"feature_framerate", "slice_framepos"}).
+    """
+    saved = _saved_config(checkpoint)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = {k: v for k, v in (saved.get("model") or {}).items() if k in known}
+    model.update({k: overrides[k] for k in MODEL_FLAGS if overrides.get(k) is not None})
+    sampling = {k: v for k, v in (saved.get("data") or {}).items() if k in SAMPLING_FLAGS}
+    sampling.update({k: overrides[k] for k in SAMPLING_FLAGS if overrides.get(k) is not None})
+    return ModelConfig(**model), sampling
+
+
+def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] = None,
+              precision: str = "fp32") -> Tool:
+    """Build the model of ``checkpoint`` in eval mode with its training settings (see ``tool_settings``)."""
+    model_cfg, sampling = tool_settings(checkpoint, overrides or {})
+    model, _ = build_model_from_checkpoint(checkpoint, model_cfg, precision, rt.device)
+    data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
+                      image_resolution=model.clip.config.image_resolution, **sampling)
+    stat = os.stat(checkpoint)
+    ident = {"checkpoint": os.path.abspath(checkpoint), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+             "model": dataclasses.asdict(model_cfg), "precision": precision,
+             "sampling": {k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)}}
+    key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Tool(model, data, rt, precision, key)
+
+
+def encode_captions(tool: Tool, captions: Sequence[str], batch_size: int = 64) -> TextFeatures:
+    """Captions -> ``TextFeatures`` [N] (cut to ``max_words`` tokens as in training)."""
+    empty = [i + 1 for i, c in enumerate(captions) if not c.strip()]
+    if not captions or empty:
+        raise ConfigError(f"empty caption (number {empty[0]})" if empty else "no caption given")
+    parts = []
+    for start in range(0, len(captions), batch_size):
+        ids = tokenize(list(captions[start:start + batch_size]), tool.data.max_words).to(tool.rt.device)
+        with torch.no_grad(), autocast_context(tool.precision, tool.rt.device):
+            parts.append(tool.model.encode_text(ids, text_mask(ids)))  # features in fp32 under any precision
+    return TextFeatures.cat(parts)
+
+
+def encode_video_files(tool: Tool, paths: Sequence[str], batch_size: int = 8, workers: int = 0,
+                       skip_bad: bool = True) -> tuple[VideoFeatures, list[int]]:
+    """Encode video files (a progress bar in a terminal), skipping and logging the undecodable ones if ``skip_bad``.
+
+    Returns:
+        features of the decodable videos [n], and their positions in ``paths``.
+    Raises:
+        DataError: a file cannot be decoded and not ``skip_bad``, or not one can.
+    """
+    files = VideoFiles(paths, tool.data, skip_bad_videos=skip_bad)
+    opts = EvalOptions(batch_size=batch_size, workers=workers, precision=tool.precision)
+    parts = list(iter_video_features(tool.model, files, tool.rt, opts, desc="encoding videos"))
+    if not parts:
+        raise DataError(f"none of the {len(paths)} video files could be decoded (first: {paths[0]})")
+    features, index = gather_all(parts, VideoFeatures, len(paths), tool.rt, tool.rt.device)
+    return features.to("cpu"), index.tolist()
+
+
+@dataclass
+class VideoIndex:
+    """Features of the videos of a folder, in ``paths`` order (absolute paths)."""
+    paths: list[str]
+    features: VideoFeatures
+    encoded: int = 0   # videos encoded by the last update
+    reused: int = 0    # videos whose cached features were still valid
+    skipped: list[str] = dataclasses.field(default_factory=list)  # undecodable files
+
+
+def _read_index(path: str, key: str) -> Optional[dict]:
+    """The cached index at ``path`` if it was made with the same checkpoint and settings, else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError as e:
+        raise ConfigError(f"--index {path} exists and is not a video index ({e}); delete it or choose another "
+                          f"path") from None
+    if obj.get("format") != INDEX_FORMAT:
+        raise ConfigError(f"--index {path} exists and is not a video index; delete it or choose another path")
+    if obj.get("key") != key:
+        logger.info("%s was made with another checkpoint or other settings: encoding every video again", path)
+        return None
+    return obj
+
+
+def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size: int = 8,
+                 workers: int = 0) -> VideoIndex:
+    """Bring the index of the video files ``videos`` (e.g. ``list_videos(folder)``) up to date and return it.
+
+    Cached features are reused for files with the same path, size and modification time; new or changed files are
+    encoded; files that are gone are dropped. The index file is rewritten atomically when anything changed.
+
+    Raises:
+        DataError: not one file can be decoded.
+    """
+    paths = [os.path.abspath(p) for p in videos]
+    if not paths:
+        raise DataError("no video files to index")
+    stamps: dict[str, Optional[tuple[int, int]]] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamps[p] = (st.st_size, st.st_mtime_ns)
+        except OSError:  # e.g. a dangling link: decoding it fails and names it
+            stamps[p] = None
+    cached = _read_index(index_path, tool.key)
+    rows: dict[str, tuple[Optional[VideoFeatures], int]] = {}   # path -> (features or None, row in ``cached``)
+    if cached is not None:
+        for row, (p, size, mtime) in enumerate(zip(cached["paths"], cached["sizes"], cached["mtimes"])):
+            if stamps.get(p) == (size, mtime):
+                rows[p] = (None, row)
+    todo = [p for p in paths if p not in rows]
+    skipped: list[str] = []
+    if todo:
+        try:
+            features, kept = encode_video_files(tool, todo, batch_size, workers)
+        except DataError:
+            if not rows:
+                raise
+            features, kept = None, []
+        done = set(kept)
+        skipped = [p for i, p in enumerate(todo) if i not in done]
+        for j, i in enumerate(kept):
+            rows[todo[i]] = (features[j], -1)
+    if skipped:
+        logger.warning("%d of %d video files could not be decoded and are left out", len(skipped), len(paths))
+    order = [p for p in paths if p in rows]                                     # not empty: see the except above
+    old = VideoFeatures.from_dict(cached["features"]) if cached is not None else None
+    parts = [rows[p][0] if rows[p][0] is not None else old[rows[p][1]] for p in order]
+    encoded = len(todo) - len(skipped)
+    index = VideoIndex(order, VideoFeatures.cat(parts), encoded=encoded, reused=len(order) - encoded, skipped=skipped)
+    if cached is None or index.encoded or len(order) != len(cached["paths"]):
+        atomic_save({"format": INDEX_FORMAT, "key": tool.key, "paths": order,
+                     "sizes": [stamps[p][0] for p in order], "mtimes": [stamps[p][1] for p in order],
+                     "features": index.features.to_dict()}, index_path)
+    return index
+
+
+def score(tool: Tool, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
+    """Per-level logits [Nt, Nv] and ``overall``, their mean: the evaluation's raw score (no SK-norm)."""
+    device = tool.rt.device
+    with torch.no_grad():
+        levels = tool.model.similarity_levels(text.to(device), video.to(device))
+    out = {k: levels[k].float().cpu() for k in LEVELS}
+    out["overall"] = combine(out)
+    return out
