@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import tempfile
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 import torch
@@ -23,27 +23,63 @@ logger = logging.getLogger(__name__)
 FORMAT = "ucofia-checkpoint-v1"
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+class WriteError(CheckpointError, OSError):
+    """A file that could not be written (full disk, quota, permissions): a user error, and still an ``OSError``."""
 
-    A crash or a full disk leaves the previous file untouched and no partial file behind.
+
+class _WriteRecorder:
+    """A file wrapper that remembers an ``OSError`` of ``write``: ``torch.save`` turns it into an opaque
+    RuntimeError ("unexpected pos ..."), and the message should say "No space left on device"."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Write a file through ``write(f)`` into a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or a full disk leaves the previous file untouched and no partial file behind (a process killed mid-write
+    leaves a hidden temporary, which ``remove_stale_temporaries`` deletes at the next start). A failed write is a
+    ``WriteError`` whose one-line message names the file.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    tmp, recorder = None, None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            recorder = _WriteRecorder(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        cause = recorder.error if recorder is not None and recorder.error is not None else e
+        if isinstance(cause, OSError):
+            previous = "; the previous file is intact" if os.path.exists(path) else ""
+            raise WriteError(f"cannot write {path}: {cause.strerror or cause}{previous}") from None
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` through ``atomic_write``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
@@ -66,8 +102,9 @@ def read_checkpoint(path: str) -> dict:
     except Exception as e:
         text = str(e)
         if "Weights only load failed" in text:
-            detail = next((line.strip() for line in text.splitlines() if line.strip().startswith(("Unsupported",
-                                                                                                  "WeightsUnpickler"))
+            # The line naming the refused global differs between torch versions.
+            detail = next((line.strip().rstrip(".") for line in text.splitlines()
+                           if line.strip().startswith(("Unsupported", "WeightsUnpickler", "Trying to load"))
                            and line.strip() != "WeightsUnpickler error:"), "not plain tensors")
             raise CheckpointError(f"{path}: refused: the file holds Python objects that could run code when loaded "
                                   f"({detail})") from None
@@ -83,13 +120,26 @@ def model_state_from(obj: dict, model: nn.Module, path: str) -> dict:
     from .published import import_published_state_dict, is_published_state_dict
 
     if obj.get("format") == FORMAT:
-        return obj["model"]
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj["model"]
+    elif not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: neither a checkpoint of this project nor a state dict of tensors")
-    if is_published_state_dict(obj):
+    elif is_published_state_dict(obj):
         logger.info("%s: importing a checkpoint of the published UCoFiA code", path)
-        return import_published_state_dict(obj, model)
-    return obj
+        state = import_published_state_dict(obj, model)
+    else:
+        state = obj
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: dict, path: str) -> None:
+    """Refuse weights holding NaN or inf: they would only surface later as a non-finite loss or NaN scores."""
+    bad = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all()))
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values ({shown}); the file is corrupt "
+                              "or comes from a diverged run")
 
 
 def load_model_weights(model: nn.Module, path: str) -> dict:

@@ -166,6 +166,10 @@ def parse_args(argv: Optional[list[str]], mode: str) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Checks that need no data or model; each names the flag."""
+    from .data.registry import DATASETS
+
+    if cfg.data.datatype not in DATASETS:
+        raise ConfigError(f"unknown --datatype {cfg.data.datatype!r}; valid: {', '.join(DATASETS)}")
     positive = {"--max_words": cfg.data.max_words, "--max_frames": cfg.data.max_frames, "--epochs": cfg.epochs,
                 "--batch_size": cfg.batch_size, "--batch_size_val": cfg.batch_size_val,
                 "--gradient_accumulation_steps": cfg.gradient_accumulation_steps, "--topk": cfg.model.topk}

@@ -33,6 +33,7 @@ class TrainState:
     global_step: int = 0            # optimiser steps done in the run
     loss_sum: float = 0.0           # sum of step losses in the epoch in progress (for its mean after a resume)
     loss_steps: int = 0             # steps counted in loss_sum
+    skipped_steps: int = 0          # steps of the epoch in progress skipped for a non-finite loss
     last_loss: float = float("nan")  # global loss of the latest step
     history: list = field(default_factory=list)  # per finished epoch: loss, validation metrics
     best: Optional[dict] = None     # {"epoch", "R1", "split"} of the best validation so far
@@ -120,7 +121,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, state: TrainState, *, r
             if not skip_nonfinite:
                 raise NonFiniteLoss(f"non-finite loss {global_loss.item()} at {where}; nothing was updated. "
                                     f"Check the data of that batch, lower --lr, or pass --skip_nonfinite_loss")
-            logger.warning("skipping a step with non-finite loss at %s", where)
+            state.skipped_steps += 1
+            state.last_loss = global_loss.item()  # the per-step log records the skipped step's loss, not a stale one
+            logger.warning("skipping a step with non-finite loss at %s (--skip_nonfinite_loss)", where)
             optimizer.zero_grad(set_to_none=True)
         else:
             optimizer.step()

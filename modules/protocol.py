@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .build import build_model_from_checkpoint
-from .checkpoint import atomic_save, read_checkpoint
+from .checkpoint import atomic_save, atomic_write, read_checkpoint
 from .config import RunConfig
 from .data import build_split
 from .errors import ConfigError
@@ -124,8 +124,10 @@ def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
         write_json(results, os.path.join(cfg.output_dir, f"results_{direction}.json"))
         if cfg.save_sims:
             for k in LEVELS:
-                np.save(os.path.join(cfg.output_dir, f"sims_{direction}_test_{k}.npy"), levels[k].cpu().numpy())
-                np.save(os.path.join(cfg.output_dir, f"sims_{direction}_bank_{k}.npy"), bank[k].cpu().numpy())
+                for part, sims in (("test", levels[k]), ("bank", bank[k])):
+                    array = sims.cpu().numpy()
+                    atomic_write(os.path.join(cfg.output_dir, f"sims_{direction}_{part}_{k}.npy"),
+                                 lambda f, array=array: np.save(f, array))
         rows = {"raw": results["metrics"]["raw"], "SK-norm (paper protocol)": results["metrics"]["sk_norm"],
                 "DSL* (test-query statistics)": results["metrics"]["dsl"]}
         rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in LEVELS})

@@ -6,6 +6,7 @@ plain ``python -m ...`` process. Nothing here runs at import time.
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 import random
@@ -47,6 +48,11 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def world_size_from_env() -> int:
+    """The number of processes torchrun started (1 without a launcher)."""
+    return _env_int("WORLD_SIZE", 1)
 
 
 def setup(device: str = "auto", seed: int = 42, deterministic: bool = False) -> Runtime:
@@ -118,15 +124,44 @@ def show_progress(rt: Runtime) -> bool:
     return rt.is_main and sys.stderr.isatty()
 
 
+# Write errors the user fixes (space, quota, permissions): one line instead of a traceback.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def one_line(message: str) -> str:
+    """The message of an error on one line.
+
+    An error raised in a DataLoader worker comes back with the worker's traceback folded into its message ("Caught
+    DataError in DataLoader worker process 0. Original Traceback ..."); its last line is the original message.
+    """
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return message.strip()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and any("Traceback" in line for line in lines[1:]):
+        last = lines[-1]
+        name, sep, rest = last.partition(": ")
+        return rest if sep and "." in name and " " not in name else last
+    return " ".join(lines)
+
+
 def run_entry(fn: Callable[[], int]) -> int:
-    """Run an entry point: a ``UCoFiAError`` becomes one line on stderr and exit status 2."""
+    """Run an entry point: a ``UCoFiAError`` (or a full disk, a quota, a permission) becomes one line on stderr,
+    also recorded in the log file, and exit status 2."""
     try:
         code = fn() or 0
-    except UCoFiAError as e:
+    except (UCoFiAError, OSError) as e:
+        if isinstance(e, UCoFiAError):
+            message = one_line(str(e))
+        elif e.errno in USER_OS_ERRORS:
+            message = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        else:
+            raise
         # No process-group teardown here: peers may sit in a collective; torchrun ends them when this one exits.
         rank = _env_int("RANK", 0)
         prefix = f"[rank {rank}] " if _env_int("WORLD_SIZE", 1) > 1 else ""
-        print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
+        if any(getattr(h, "_ucofia", False) for h in logging.getLogger().handlers):  # else logging prints it again
+            logger.error("stopped: %s%s", prefix, message, extra={"file_only": True})
+        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
         return 2
     teardown()
     return code

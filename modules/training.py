@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 
@@ -15,7 +16,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .build import build_model
-from .checkpoint import atomic_save, load_model_weights, remove_stale_temporaries, restore_rng, training_checkpoint
+from .checkpoint import (WriteError, atomic_save, atomic_write, load_model_weights, remove_stale_temporaries,
+                         restore_rng, training_checkpoint)
 from .config import RunConfig
 from .data import build_split, collate_skip_none
 from .engine import TrainState, train_one_epoch
@@ -41,10 +43,44 @@ def prepare_output_dir(path: str) -> None:
 
 
 def write_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    """Atomically: a reader never sees half a file, and a full disk leaves the previous one as it was."""
+    text = json.dumps(obj, indent=2, default=str)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def check_batch_layout(cfg: RunConfig, world_size: int) -> None:
+    """The global batch must split evenly over processes and accumulation steps (checked before any process group
+    starts, so that every rank stops at once with the same message)."""
+    accumulation = cfg.gradient_accumulation_steps
+    if cfg.batch_size % (world_size * accumulation):
+        raise ConfigError(f"--batch_size {cfg.batch_size} (global) is not divisible by {world_size} processes x "
+                          f"{accumulation} accumulation steps")
+
+
+def trim_steps_log(path: str, global_step: int) -> None:
+    """Keep the per-step log lines up to the resumed checkpoint's step: steps logged after it (and a line cut by a
+    kill) are redone by the resumed run and would otherwise appear twice."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(entry, dict) or entry.get("step", 0) > global_step:
+                break
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+
+
+def count_bad_videos(split, rt: Runtime) -> int:
+    """Videos of ``split`` dropped so far: missing or empty when built, undecodable since (over all processes)."""
+    flags = split.undecodable_flags().to(rt.device, torch.int32)
+    if rt.distributed:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return len(split.skipped) + int(flags.sum())
 
 
 def validate(model, split, rt: Runtime, cfg: RunConfig) -> dict:
@@ -72,9 +108,7 @@ def _tensorboard(output_dir: str, rt: Runtime):
 def run_training(cfg: RunConfig, rt: Runtime) -> dict:
     """Train (and validate every epoch); returns the final state's history and best entry."""
     accumulation = cfg.gradient_accumulation_steps
-    if cfg.batch_size % (rt.world_size * accumulation):
-        raise ConfigError(f"--batch_size {cfg.batch_size} (global) is not divisible by {rt.world_size} processes x "
-                          f"{accumulation} accumulation steps")
+    check_batch_layout(cfg, rt.world_size)
     ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
     steps_log = os.path.join(cfg.output_dir, "train_steps.jsonl")
     if not cfg.resume_model and os.path.exists(os.path.join(ckpt_dir, "last.pth")):
@@ -83,11 +117,6 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
                           f"--output_dir")
     if rt.is_main:
         remove_stale_temporaries(ckpt_dir)
-        if not cfg.resume_model and os.path.exists(steps_log):
-            os.remove(steps_log)
-        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
-        logger.info("resolved configuration: %s", json.dumps(cfg.to_dict(), default=str), extra={"file_only": True})
-        logger.info("resolved configuration written to %s", os.path.join(cfg.output_dir, "config.json"))
 
     train_split = build_split(cfg.data, "train")
     val_split = build_split(cfg.data, "val")
@@ -116,8 +145,19 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
         state = TrainState(epoch=obj["epoch"], epoch_step=obj["epoch_step"], global_step=obj["global_step"],
                            loss_sum=obj.get("loss_sum", 0.0), loss_steps=obj.get("loss_steps", 0),
                            history=list(obj["history"]), best=obj["best"])
+        state.skipped_steps = obj.get("skipped_steps", 0)
         restore_rng(obj["rng"])
         logger.info("resumed from %s at epoch %d, step %d", cfg.resume_model, state.epoch + 1, state.epoch_step)
+
+    # Written only now that the data, the model and the checkpoints have been read: bad input leaves nothing behind.
+    if rt.is_main:
+        if cfg.resume_model:
+            trim_steps_log(steps_log, state.global_step)
+        elif os.path.exists(steps_log):
+            os.remove(steps_log)
+        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
+        logger.info("resolved configuration: %s", json.dumps(cfg.to_dict(), default=str), extra={"file_only": True})
+        logger.info("resolved configuration written to %s", os.path.join(cfg.output_dir, "config.json"))
 
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
@@ -131,14 +171,19 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
             obj = training_checkpoint(model, optimizer, epoch=state.epoch, epoch_step=state.epoch_step,
                                       global_step=state.global_step, config=config_dict, history=state.history,
                                       best=state.best)
-            obj.update(loss_sum=state.loss_sum, loss_steps=state.loss_steps)
+            obj.update(loss_sum=state.loss_sum, loss_steps=state.loss_steps, skipped_steps=state.skipped_steps)
             atomic_save(obj, os.path.join(ckpt_dir, name))
 
     def on_step(s: TrainState) -> None:
         if rt.is_main:  # every step's global loss at full precision, for curves and cross-run comparisons
-            with open(steps_log, "a") as f:
-                f.write(json.dumps({"epoch": s.epoch + 1, "step": s.global_step, "loss": s.last_loss,
-                                    "lr": optimizer.get_lr()}) + "\n")
+            finite = math.isfinite(s.last_loss)
+            line = json.dumps({"epoch": s.epoch + 1, "step": s.global_step, "loss": s.last_loss if finite else None,
+                               "lr": optimizer.get_lr(), **({} if finite else {"skipped": "non-finite loss"})})
+            try:
+                with open(steps_log, "a") as f:
+                    f.write(line + "\n")
+            except OSError as e:  # a full disk: name the file (the OSError of a write does not)
+                raise WriteError(f"cannot write {steps_log}: {e.strerror or e}") from None
         if cfg.checkpoint_every and s.global_step % cfg.checkpoint_every == 0 and s.epoch_step < \
                 sampler.steps_per_epoch:
             save("last.pth")
@@ -158,8 +203,14 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
             save("last.pth")
             logger.info("stopped after %d steps (--max_steps)", state.global_step)
             break
+        bad_videos = count_bad_videos(train_split, rt)
+        if bad_videos or state.skipped_steps:
+            logger.warning("epoch %d: %d training video(s) skipped as missing or undecodable (--skip_bad_videos), "
+                           "%d step(s) skipped for a non-finite loss (--skip_nonfinite_loss)", state.epoch + 1,
+                           bad_videos, state.skipped_steps)
         metrics = validate(ddp, val_split, rt, cfg)
-        entry = {"epoch": state.epoch + 1, "train_loss": mean_loss, "split": val_label, "metrics": metrics}
+        entry = {"epoch": state.epoch + 1, "train_loss": mean_loss, "split": val_label, "metrics": metrics,
+                 "skipped_videos": bad_videos, "skipped_steps": state.skipped_steps}
         state.history.append(entry)
         improved = state.best is None or metrics["t2v"]["R1"] > state.best["R1"]
         if improved:
@@ -173,7 +224,7 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
                     metrics["v2t"]["R1"])
         state.epoch += 1
         state.epoch_step = 0
-        state.loss_sum, state.loss_steps = 0.0, 0
+        state.loss_sum, state.loss_steps, state.skipped_steps = 0.0, 0, 0
         save("last.pth")
         if improved:
             save("best.pth")
@@ -195,10 +246,12 @@ def train_main(argv) -> int:
     """Entry point body of ``train``: train, or with ``--do_eval`` alone validate ``--init_model`` (raw metrics)."""
     from .build import build_model_from_checkpoint
     from .config import parse_args
-    from .runtime import run_entry, setup, setup_logging
+    from .runtime import run_entry, setup, setup_logging, world_size_from_env
 
     def run() -> int:
         cfg = parse_args(argv, "train")
+        if cfg.do_train:
+            check_batch_layout(cfg, world_size_from_env())
         prepare_output_dir(cfg.output_dir)
         rt = setup(cfg.device, cfg.seed, cfg.deterministic)
         setup_logging(rt.rank, os.path.join(cfg.output_dir, "log.txt"))

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 
-from modules.data.annotations import VideoIndex, check_caption, entry_field, read_json, require_path
+from modules.data.annotations import VideoIndex, check_caption, entry_field, read_json, require_path, unique_ids
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
 from modules.errors import DataError
@@ -42,7 +42,7 @@ def build(cfg: DataConfig, split: str) -> RetrievalSplit:
             # The published loader skips these silently; say so.
             logger.warning("%s: %d listed videos have no annotation in %s and are left out (first: %s)", ids_path,
                            len(unannotated), json_path, ", ".join(map(str, unannotated[:5])))
-        video_ids = [v for v in dict.fromkeys(listed) if v in data]
+        video_ids = [v for v in unique_ids(listed, ids_path) if v in data]
     paragraphs, windows = [], []
     for vid in video_ids:
         entry = data[vid]

@@ -6,14 +6,18 @@ wrong with it: a missing column, an entry without a caption, a caption that is e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import unicodedata
+from collections import Counter
 from typing import Any, Iterable
 
 import pandas as pd
 
 from modules.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 # Far longer than any real caption or ActivityNet/DiDeMo paragraph: such a "caption" means a malformed file.
 MAX_CAPTION_CHARS = 8192
@@ -35,11 +39,22 @@ def _must_exist(path: str) -> None:
 
 
 def read_json(path: str) -> Any:
-    """Parsed JSON; DataError naming the file and the position of a syntax error."""
+    """Parsed JSON; DataError naming the file and the position of a syntax error, or a key repeated in one object
+    (the json module would silently keep only its last value)."""
     _must_exist(path)
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for key, value in pairs:
+            if key in out:
+                raise DataError(f"{path}: key {key!r} appears twice in one object (only one value can be right; "
+                                "remove or merge the repeats)")
+            out[key] = value
+        return out
+
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError as e:
@@ -68,6 +83,18 @@ def read_lines(path: str) -> list[str]:
             return [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def unique_ids(ids: Iterable[str], path: str) -> list[str]:
+    """Video ids of a list file, each once in first-seen order; repeats are logged (they add no data)."""
+    ids = list(ids)
+    unique = list(dict.fromkeys(ids))
+    if len(unique) < len(ids):
+        counts = Counter(ids)
+        repeated = [v for v in unique if counts[v] > 1]
+        logger.warning("%s: %d video id(s) listed more than once, each used once (%s)", path, len(repeated),
+                       ", ".join(f"{v} x{counts[v]}" for v in repeated[:5]) + (" ..." if len(repeated) > 5 else ""))
+    return unique
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -130,6 +130,10 @@ class RetrievalSplit(Dataset):
         failed = torch.nonzero(self._bad[:len(self.video_ids)]).flatten().tolist()
         return [self.video_paths[v] for v in failed]
 
+    def undecodable_flags(self) -> torch.Tensor:
+        """uint8 [len(video_ids)], 1 for each video that failed to decode so far (in any DataLoader worker)."""
+        return self._bad[:len(self.video_ids)].clone()
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random choices (call before iterating, as with DistributedSampler.set_epoch)."""
         self._epoch[0] = int(epoch)

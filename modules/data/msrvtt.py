@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from modules.data.annotations import VideoIndex, check_caption, entry_field, read_csv, read_json, require_path
+from modules.data.annotations import (VideoIndex, check_caption, entry_field, read_csv, read_json, require_path,
+                                     unique_ids)
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
 from modules.errors import DataError
@@ -54,7 +55,7 @@ def build(cfg: DataConfig, split: str) -> RetrievalSplit:
     index = VideoIndex(cfg.features_path)
     if split == "train":
         csv_path = require_path(cfg.train_csv, "train_csv", NAME)
-        video_ids = list(dict.fromkeys(read_csv(csv_path, ["video_id"])["video_id"]))
+        video_ids = unique_ids(read_csv(csv_path, ["video_id"])["video_id"], csv_path)
         path = json_path(cfg.data_path)
         by_video = read_sentences(path, set(video_ids))
         bare = [v for v in video_ids if not by_video[v]]

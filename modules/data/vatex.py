@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from modules.data.annotations import VideoIndex, check_caption, read_json, read_lines, require_path
+from modules.data.annotations import VideoIndex, check_caption, read_json, read_lines, require_path, unique_ids
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
 from modules.errors import DataError
@@ -21,7 +21,7 @@ def build(cfg: DataConfig, split: str) -> RetrievalSplit:
         raise ValueError(f"vatex has no {split} split")
     root = require_path(cfg.data_path, "data_path", NAME)
     list_path = os.path.join(root, f"{split}_list.txt")
-    video_ids = list(dict.fromkeys(read_lines(list_path)))
+    video_ids = unique_ids(read_lines(list_path), list_path)
     json_path = os.path.join(root, "ref_captions.json")
     refs = read_json(json_path)
     if not isinstance(refs, dict):

@@ -7,6 +7,11 @@ those frames, each by whichever is cheaper: decoding forward (``grab`` without t
 or seeking, which in OpenCV restarts at a keyframe. Keyframe positions come from a demux-only pass over the packets,
 which costs milliseconds even for long files. Seeking is frame-exact for constant-frame-rate files (what
 ``scripts/compress_video.py`` writes); tests compare against decoding every frame.
+
+Variable frame rate: indices are positions in decode order (the rule applied to the frame count and the container's
+average rate); timestamps are not used. OpenCV seeks by timestamp (position / average rate), which lands on other
+frames in such a file, so the same demux pass checks the packet timestamps and a file without a constant rate is only
+ever decoded forward. The published loader seeks there too, so for variable-rate files its frames differ from ours.
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ KEYFRAME_SCAN_MIN_FRAMES = 64
 # A stream may end this many seconds before the frame count in its header (containers that estimate the count
 # from the duration); a larger shortfall means a truncated file.
 HEADER_COUNT_SLACK_SECONDS = 1.0
+# Packet timestamps are whole milliseconds or ticks of the container's time base: spacings within this many
+# milliseconds (or this fraction of the median spacing, whichever is larger) count as a constant frame rate.
+CONSTANT_RATE_TOLERANCE_MS = 1.5
+CONSTANT_RATE_TOLERANCE_FRACTION = 0.02
 
 
 @dataclass
@@ -47,7 +56,7 @@ class VideoInfo:
 class FrameReadError(DataError):
     """A frame the header promises could not be decoded; ``frame_index`` is the first missing one."""
 
-    def __init__(self, message: str, frame_index: int):
+    def __init__(self, message: str, frame_index: int = -1):  # default: DataLoader re-raises with the message only
         super().__init__(message)
         self.frame_index = frame_index
 
@@ -146,9 +155,11 @@ class VideoReader:
         self.cap.release()
 
     def keyframes(self) -> list[int]:
-        """Indices of keyframe packets (decode order), from a demux-only pass; [] when unavailable."""
+        """Indices of keyframe packets (decode order) to seek to, from a demux-only pass; [] when unavailable or when
+        the frame rate is not constant (seeks would land on other frames: see the module docstring)."""
         if self._keyframes is None:
-            self._keyframes = keyframe_indices(self.path)
+            keys, constant = scan_packets(self.path)
+            self._keyframes = keys if constant else []
         return self._keyframes
 
     def _seek_is_cheaper(self, target: int) -> bool:
@@ -214,23 +225,47 @@ def keyframe_indices(path: str) -> list[int]:
     Returns:
         Sorted packet indices flagged as keyframes; [] when the OpenCV build cannot tell.
     """
+    return scan_packets(path)[0]
+
+
+def scan_packets(path: str) -> tuple[list[int], bool]:
+    """One demux-only pass: keyframe packet positions and whether the packets have a constant frame rate.
+
+    Returns:
+        (sorted packet indices flagged as keyframes, [] when the OpenCV build cannot tell; True when the sorted
+        presentation timestamps are evenly spaced)
+    """
     flag = getattr(cv2, "CAP_PROP_LRF_HAS_KEY_FRAME", None)
     if flag is None:
-        return []
+        return [], False
     try:
         cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
     except cv2.error:
-        return []
+        return [], False
     keys: list[int] = []
+    stamps: list[float] = []
     try:
         i = 0
         while cap.isOpened() and cap.grab():
             if cap.get(flag):
                 keys.append(i)
+            stamps.append(cap.get(cv2.CAP_PROP_POS_MSEC))  # in raw mode: the packet's presentation time
             i += 1
     finally:
         cap.release()
-    return keys
+    return keys, constant_rate(stamps)
+
+
+def constant_rate(stamps_ms: Sequence[float]) -> bool:
+    """Whether presentation timestamps (any order, milliseconds) are evenly spaced, within rounding."""
+    if len(stamps_ms) < 3:
+        return True
+    gaps = np.diff(np.sort(np.asarray(stamps_ms, dtype=np.float64)))
+    typical = float(np.median(gaps))
+    if not typical > 0:
+        return False  # no usable timestamps: do not trust seeks
+    tolerance = max(CONSTANT_RATE_TOLERANCE_MS, CONSTANT_RATE_TOLERANCE_FRACTION * typical)
+    return bool(np.abs(gaps - typical).max() <= tolerance)
 
 
 def count_frames(path: str) -> int:
