@@ -44,6 +44,9 @@ SIZE = (128, 96)
 # The paper's compressed videos are 3 fps; at 1 frame/s sampling a 8-12 s clip yields 8-12 frames.
 FPS = 3
 SECONDS = (8, 12)
+# Shape radius in pixels: about 40% of the frame height, so that a small ViT trained from scratch on the CPU sees
+# colour and shape within a few hundred steps (with smaller shapes the demo's tiny CLIP stalls on the background).
+RADIUS = (18, 24)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def _paired_specs(rng: random.Random, n: int, split: str, first_id: int, distinc
         else:
             direction = OPPOSITE[specs[-1].direction]
         specs.append(VideoSpec(f"video{first_id + k}", split, colour, shape, direction, background,
-                               rng.randint(*SECONDS), rng.randint(9, 13), rng.uniform(0.4, 0.6)))
+                               rng.randint(*SECONDS), rng.randint(*RADIUS), rng.uniform(0.4, 0.6)))
     if distinct and n > 2 * len(combos):
         logger.warning("synthetic test set: %d videos but only %d distinct combinations", n, 2 * len(combos))
     return specs

@@ -1,0 +1,21 @@
+"""The embedded default (scripts/demo.sh) end to end, at a reduced size."""
+import os
+import subprocess
+
+from helpers import ROOT
+
+
+def test_demo_runs_and_prints_the_table(tmp_path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, DEMO_DIR=str(out), DEMO_TRAIN="40", DEMO_TEST="12", DEMO_EPOCHS="1", OMP_NUM_THREADS="2")
+    run = subprocess.run(["sh", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    tail = run.stdout[run.stdout.index("UCoFiA demo:"):]
+    for line in ("text-to-video (12 captions x 12 videos, chance R@1 8.3)", "video-to-text (12 captions x 12 videos",
+                 "  raw ", "  SK-norm ", "  DSL* "):
+        assert line in tail, line
+    for name in ("train/checkpoints/last.pth", "eval/results_t2v.json", "eval/results_v2t.json"):
+        assert (out / name).is_file(), name
+    # A folder the demo did not make is never deleted: refused.
+    assert subprocess.run(["sh", "scripts/demo.sh"], cwd=ROOT, env=dict(env, DEMO_DIR=str(tmp_path)),
+                          capture_output=True, text=True).returncode == 2
