@@ -149,7 +149,8 @@ def parse_args(argv: Optional[list[str]], mode: str) -> RunConfig:
                       expand_msrvtt_sentences=a.expand_msrvtt_sentences, skip_bad_videos=a.skip_bad_videos,
                       seed=a.seed)
     optim = dataclasses.replace(OptimConfig(), lr=a.lr, coef_lr=a.coef_lr, warmup_proportion=a.warmup_proportion)
-    cfg = RunConfig(model=model, data=data, optim=optim, mode=mode, do_train=a.do_train or (mode == "train" and not a.do_eval),
+    do_train = a.do_train or (mode == "train" and not a.do_eval)  # train/main.py trains unless only --do_eval
+    cfg = RunConfig(model=model, data=data, optim=optim, mode=mode, do_train=do_train,
                     do_eval=a.do_eval or mode != "train", output_dir=a.output_dir,
                     pretrained_clip_name=a.pretrained_clip_name, init_model=a.init_model,
                     resume_model=a.resume_model, epochs=a.epochs, batch_size=a.batch_size,

@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modules.clip import Attention, build_random_clip  # noqa: E402
 
 
-def plain_attention(self: Attention, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-    """softmax(QK^T / sqrt(d)) V written out, with the same parameters."""
+def plain_attention(self: Attention, x: torch.Tensor, causal: bool = False, attn_mask=None) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d)) V written out, with the same parameters (image tower: no mask)."""
     n, length, width = x.shape                                                   # [N, T, W]
     head = width // self.heads
     qkv = torch.nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)

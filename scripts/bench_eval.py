@@ -90,8 +90,8 @@ def main(argv=None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"SK-norm scoring, {name}: bank {args.bank} captions x {args.videos} videos, test {args.texts} x "
           f"{args.videos}, L={cfg.max_words} F={cfg.max_frames} K={cfg.topk} D={dim}")
-    print(f"  bank x gallery, 3 levels : {t_bank - started:8.1f} s  ({args.bank * args.videos / (t_bank - started):,.0f}"
-          f" pairs/s)")
+    rate = args.bank * args.videos / (t_bank - started)
+    print(f"  bank x gallery, 3 levels : {t_bank - started:8.1f} s  ({rate:,.0f} pairs/s)")
     print(f"  Sinkhorn-Knopp, 3 levels : {t_sk - t_bank:8.2f} s")
     print(f"  test matrix + bias       : {t_test - t_sk:8.2f} s")
     print(f"  total                    : {t_test - started:8.1f} s, peak memory {peak:.1f} GiB")

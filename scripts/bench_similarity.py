@@ -87,8 +87,9 @@ def run_ours(args, mask_padding: bool):
         head(text_side, video_side, scale, levels=("patch_word",))
         pw_time = time.perf_counter() - start
     bt, bv = head.block_shape(args.texts, args.videos, args.words, args.frames * (1 + args.topk), 4)
+    matmul = plain_matmul_gflops(bt * args.words, args.dim, bv * args.frames * (1 + args.topk))
     return levels, dict(time=total, pw_time=pw_time, block=[bt, bv], peak_mb=peak_rss_mb(), base_mb=base,
-                        matmul_gflops=plain_matmul_gflops(bt * args.words, args.dim, bv * args.frames * (1 + args.topk)))
+                        matmul_gflops=matmul)
 
 
 def plain_matmul_gflops(m: int, k: int, n: int, seconds: float = 2.0) -> float:

@@ -88,13 +88,17 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(synthetic_set, tmp_
 def test_every_script_datatype_is_registered():
     from modules.data import DATASETS
 
-    scripts = [os.path.join(ROOT, d, "scripts", f) for d in ("train", "eval_t2v", "eval_v2t")
-               for f in os.listdir(os.path.join(ROOT, d, "scripts"))]
-    assert len(scripts) == 15
+    folders = (os.path.join(ROOT, "train", "scripts"), os.path.join(ROOT, "scripts", "eval"))
+    scripts = [os.path.join(folder, f) for folder in folders for f in sorted(os.listdir(folder))]
+    assert len(scripts) == 10
     for path in scripts:
-        text = open(path).read()
-        datatype = text.split("--datatype ")[1].split()[0]
+        datatype = open(path).read().split("--datatype ")[1].split()[0]
         assert datatype in DATASETS, (path, datatype)
+    # each direction's eval script is the shared one for its dataset, with its own checkpoint and direction
+    for direction in ("t2v", "v2t"):
+        for name in os.listdir(os.path.join(ROOT, f"eval_{direction}", "scripts")):
+            text = open(os.path.join(ROOT, f"eval_{direction}", "scripts", name)).read()
+            assert f"DIRECTION={direction}" in text and f"scripts/eval/{name}" in text and "CKPT=" in text
 
 
 @pytest.mark.parametrize("script", ["train/scripts/train_msrvtt.sh", "eval_t2v/scripts/eval_msvd.sh",

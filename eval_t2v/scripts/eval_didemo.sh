@@ -6,15 +6,5 @@
 #   DATA_PATH=/data/DiDeMo OUTPUT_DIR=runs/didemo_eval sh scripts/eval_didemo.sh  # in eval_t2v/ or the root
 # DATA_PATH holds train_data.json, val_data.json, test_data.json and videos/; ANNOTATIONS and VIDEOS override them.
 CKPT=${CKPT:-"runs/didemo/checkpoints/best.pth"}
-set -e
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-. "$ROOT/scripts/launch.sh"
-require DATA_PATH "the DiDeMo folder"
-require OUTPUT_DIR "where results and logs go"
-ANNOTATIONS=${ANNOTATIONS:-$DATA_PATH}
-VIDEOS=${VIDEOS:-$DATA_PATH/videos}
-
-run $LAUNCH -m eval_t2v.main --do_eval --init_model "$CKPT" --num_thread_reader 8 --batch_size_val 24 \
-    --datatype didemo --data_path "$ANNOTATIONS" \
-    --features_path "$VIDEOS" --output_dir "$OUTPUT_DIR" --sk_bank_size "${SK_BANK_SIZE:-0}" \
-    --max_words 64 --max_frames 64 --feature_framerate 1 --slice_framepos 2 --sim_header seqTransf "$@"
+DIRECTION=t2v
+. "$(cd "$(dirname "$0")/../.." && pwd)/scripts/eval/eval_didemo.sh"

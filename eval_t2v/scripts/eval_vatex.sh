@@ -6,15 +6,5 @@
 #   DATA_PATH=/data/VATEX OUTPUT_DIR=runs/vatex_eval sh scripts/eval_vatex.sh  # in eval_t2v/ or the root
 # DATA_PATH holds train_list.txt, test_list.txt, ref_captions.json and videos/; ANNOTATIONS and VIDEOS override them.
 CKPT=${CKPT:-"runs/vatex/checkpoints/best.pth"}
-set -e
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-. "$ROOT/scripts/launch.sh"
-require DATA_PATH "the VATEX folder"
-require OUTPUT_DIR "where results and logs go"
-ANNOTATIONS=${ANNOTATIONS:-$DATA_PATH}
-VIDEOS=${VIDEOS:-$DATA_PATH/videos}
-
-run $LAUNCH -m eval_t2v.main --do_eval --init_model "$CKPT" --num_thread_reader 8 --batch_size_val 32 \
-    --datatype vatex --data_path "$ANNOTATIONS" \
-    --features_path "$VIDEOS" --output_dir "$OUTPUT_DIR" --sk_bank_size "${SK_BANK_SIZE:-0}" \
-    --max_words 32 --max_frames 12 --feature_framerate 1 --slice_framepos 2 --sim_header seqTransf "$@"
+DIRECTION=t2v
+. "$(cd "$(dirname "$0")/../.." && pwd)/scripts/eval/eval_vatex.sh"

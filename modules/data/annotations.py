@@ -136,6 +136,40 @@ def check_caption(text: Any, path: str, ident: str) -> str:
     return text
 
 
+def captions_by_video(mapping: Any, video_ids: list[str], path: str, list_path: str,
+                      token_lists: bool = False) -> list[list[str]]:
+    """Checked captions of each listed video from a video id -> captions mapping (MSVD's pickle, VATEX's json).
+
+    Args:
+        mapping: the loaded file.
+        video_ids: the split's videos, in order.
+        path, list_path: the mapping's file and the split list, for messages.
+        token_lists: captions may be lists of word tokens, joined with spaces (MSVD, as published).
+    Returns:
+        One list of captions per video.
+    """
+    if not isinstance(mapping, dict):
+        raise DataError(f"{path}: expected a mapping of video id -> captions, got {type(mapping).__name__}")
+    missing = [v for v in video_ids if v not in mapping]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} videos of {list_path} have no captions "
+                        f"(first: {', '.join(missing[:5])})")
+    out = []
+    for vid in video_ids:
+        caps = mapping[vid]
+        if not isinstance(caps, (list, tuple)) or not caps:
+            raise DataError(f"{path}: captions of {vid} are not a non-empty list")
+        joined = []
+        for j, cap in enumerate(caps):
+            if token_lists and isinstance(cap, (list, tuple)):
+                if not all(isinstance(w, str) for w in cap):
+                    raise DataError(f"{path}: caption {j} of {vid} has a token that is not text")
+                cap = " ".join(cap)
+            joined.append(check_caption(cap, path, f"caption {j} of {vid}"))
+        out.append(joined)
+    return out
+
+
 def entry_field(entry: Any, key: str, path: str, where: str) -> Any:
     """``entry[key]`` of a JSON object, or DataError naming the file, the entry and the missing key."""
     if not isinstance(entry, dict):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-from modules.data.annotations import VideoIndex, check_caption, read_lines, read_pickle, require_path, unique_ids
+from modules.data.annotations import (VideoIndex, captions_by_video, read_lines, read_pickle, require_path,
+                                      unique_ids)
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
-from modules.errors import DataError
 
 NAME = "msvd"
 
@@ -21,24 +21,5 @@ def build(cfg: DataConfig, split: str) -> RetrievalSplit:
     list_path = os.path.join(root, f"{split}_list.txt")
     video_ids = unique_ids(read_lines(list_path), list_path)
     pkl_path = os.path.join(root, "raw-captions.pkl")
-    raw = read_pickle(pkl_path)
-    if not isinstance(raw, dict):
-        raise DataError(f"{pkl_path}: expected a dict of video id -> captions, got {type(raw).__name__}")
-    missing = [v for v in video_ids if v not in raw]
-    if missing:
-        raise DataError(f"{pkl_path}: {len(missing)} videos of {list_path} have no captions "
-                        f"(first: {', '.join(missing[:5])})")
-    captions = []
-    for vid in video_ids:
-        caps = raw[vid]
-        if not isinstance(caps, (list, tuple)) or not caps:
-            raise DataError(f"{pkl_path}: captions of {vid} are not a non-empty list")
-        joined = []
-        for j, cap in enumerate(caps):
-            if isinstance(cap, (list, tuple)):
-                if not all(isinstance(w, str) for w in cap):
-                    raise DataError(f"{pkl_path}: caption {j} of {vid} has a token that is not text")
-                cap = " ".join(cap)
-            joined.append(check_caption(cap, pkl_path, f"caption {j} of {vid}"))
-        captions.append(joined)
+    captions = captions_by_video(read_pickle(pkl_path), video_ids, pkl_path, list_path, token_lists=True)
     return split_from_lists(cfg, NAME, split, VideoIndex(cfg.features_path), video_ids, captions)
