@@ -21,7 +21,7 @@ from .checkpoint import atomic_save, atomic_write, read_checkpoint
 from .config import RunConfig
 from .data import build_split
 from .errors import ConfigError
-from .evaluation import (LEVELS, EvalOptions, TestFeatures, add_bias, as_dict, bank_scores, combine, dsl,
+from .evaluation import (LEVELS, EvalOptions, TestFeatures, add_bias, bank_scores, combine, dsl,
                          encode_test_set, metrics_for, score_test, sk_biases)
 from .runtime import Runtime
 from .training import write_json
@@ -61,8 +61,8 @@ def test_features(model, split, rt: Runtime, opts: EvalOptions, cache_path: str)
         return TestFeatures(text, video, cached["caption_to_video"].cpu(), cached["text_index"].cpu(),
                             cached["video_index"].cpu())
     feats = encode_test_set(model, split, rt, opts)
-    obj = {f"text.{k}": v for k, v in as_dict(feats.text).items()}
-    obj.update({f"video.{k}": v for k, v in as_dict(feats.video).items()})
+    obj = {f"text.{k}": v for k, v in feats.text.to_dict().items()}
+    obj.update({f"video.{k}": v for k, v in feats.video.to_dict().items()})
     obj.update(caption_to_video=feats.caption_to_video, text_index=feats.text_index, video_index=feats.video_index)
     _save_cached(obj, cache_path, rt)
     return feats

@@ -265,29 +265,41 @@ class UCoFiA(nn.Module):
             noise = torch.randn(b, *shape, device=scores.device)               # [B, F, S, P]
         return perturbed_topk(scores, noise, cfg.topk, cfg.topk_sigma)
 
-    def _check_features(self, text: TextFeatures, video: VideoFeatures) -> None:
-        cfg = self.config
-        if text.words.shape[1] != cfg.max_words or video.frames.shape[1] != cfg.max_frames \
-                or video.tokens.shape[1] != self.tokens_per_video:
-            raise ValueError(f"similarity: features of another configuration (words {text.words.shape[1]}, frames "
-                             f"{video.frames.shape[1]}, tokens {video.tokens.shape[1]}; this model has "
-                             f"{cfg.max_words}, {cfg.max_frames}, {self.tokens_per_video})")
+    def prepare_text(self, text: TextFeatures) -> TextSide:
+        """The per-text work of the levels (normalisation, projections), in fp32; reusable across many
+        ``similarity_levels`` calls."""
+        if text.words.shape[1] != self.config.max_words:
+            raise ValueError(f"similarity: features of another configuration (captions of {text.words.shape[1]} "
+                             f"words; this model has {self.config.max_words})")
+        with _fp32(text.sentence.device):
+            return self.levels.prepare_text(_full(text.sentence), _full(text.words), text.word_mask)
 
-    def similarity_levels(self, text: TextFeatures, video: VideoFeatures,
+    def prepare_video(self, video: VideoFeatures) -> VideoSide:
+        """The per-video work of the levels (masked mean, normalisation, projections), in fp32; reusable."""
+        if video.frames.shape[1] != self.config.max_frames or video.tokens.shape[1] != self.tokens_per_video:
+            raise ValueError(f"similarity: features of another configuration (videos of {video.frames.shape[1]} "
+                             f"frames and {video.tokens.shape[1]} tokens; this model has {self.config.max_frames} "
+                             f"and {self.tokens_per_video})")
+        with _fp32(video.frames.device):
+            return self.levels.prepare_video(_full(video.frames), _full(video.frames_temporal), video.frame_mask,
+                                             _full(video.tokens))
+
+    def similarity_levels(self, text: TextFeatures | TextSide, video: VideoFeatures | VideoSide,
                           levels: Sequence[str] = LEVELS) -> dict[str, torch.Tensor]:
         """Logits [Nt, Nv] of each level (``video_sentence``, ``frame_sentence``, ``patch_word``), scored in blocks
-        of ``config.score_block_bytes``; per-text and per-video work is done once. ``levels`` picks a subset."""
-        self._check_features(text, video)
-        with _fp32(text.sentence.device):
-            text_side, video_side = self._sides(text, video)
+        of ``config.score_block_bytes``; per-text and per-video work is done once. ``levels`` picks a subset.
+
+        ``text`` / ``video`` may be features or what ``prepare_text`` / ``prepare_video`` returned for them, so that
+        a bank scored chunk by chunk against one gallery prepares the gallery once.
+        """
+        text_side = text if isinstance(text, TextSide) else self.prepare_text(text)
+        video_side = video if isinstance(video, VideoSide) else self.prepare_video(video)
+        with _fp32(text_side.sentence.device):
             return self.levels(text_side, video_side, _full(self.clip.logit_scale).exp(), levels)
 
     def _sides(self, text: TextFeatures, video: VideoFeatures) -> tuple[TextSide, VideoSide]:
-        """The per-text and per-video work of the levels, in fp32 (call inside ``_fp32``)."""
-        text_side = self.levels.prepare_text(_full(text.sentence), _full(text.words), text.word_mask)
-        video_side = self.levels.prepare_video(_full(video.frames), _full(video.frames_temporal), video.frame_mask,
-                                               _full(video.tokens))
-        return text_side, video_side
+        """The per-text and per-video work of the levels, in fp32."""
+        return self.prepare_text(text), self.prepare_video(video)
 
     @torch.no_grad()
     def explain(self, text_ids: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor,
