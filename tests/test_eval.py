@@ -128,3 +128,18 @@ def test_missing_and_mismatched_checkpoints(synthetic_set, checkpoint, tmp_path,
     assert eval_t2v(flags) == 2
     assert "--init_model is required" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "results_t2v.json")
+
+
+def test_feature_cache_makes_a_second_run_score_only(synthetic_set, checkpoint, tmp_path, caplog):
+    cache = str(tmp_path / "cache")
+    first = _eval(eval_t2v, data_flags(synthetic_set), checkpoint, str(tmp_path / "a"), "--feature_cache", cache)
+    assert len(os.listdir(cache)) == 1
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        second = _eval(eval_t2v, data_flags(synthetic_set), checkpoint, str(tmp_path / "b"), "--feature_cache", cache)
+    assert sum("read from cache" in r.getMessage() for r in caplog.records) == 2  # test features and the SK bank
+    assert _flat(second) == pytest.approx(_flat(first))
+    # another model setting is another cache entry, never a stale hit
+    _eval(eval_t2v, data_flags(synthetic_set), checkpoint, str(tmp_path / "c"), "--feature_cache", cache,
+          "--eval_topk", "hard")
+    assert len(os.listdir(cache)) == 2
