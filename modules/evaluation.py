@@ -174,27 +174,26 @@ def bank_scores(model, train_split, feats: TestFeatures, direction: str, rt: Run
                 opts: EvalOptions) -> dict[str, torch.Tensor]:
     """Per-level bank x gallery logits: [Nb, Nv] (training captions x test videos) for text-to-video, [Nb, Nt]
     (training videos x test captions) for video-to-text. Bank features are scored batch by batch, never stored."""
+    if direction == "t2v":   # bank: training captions (rows) against the test videos
+        view, desc, stream_fn = train_split.text_view(), "SK bank: train captions", iter_text_features
+        with torch.no_grad():
+            videos = model.prepare_video(feats.video)                    # once, not once per bank chunk
+
+        def score(bank):
+            return model.similarity_levels(bank, videos)                 # [b, Nv]
+    else:                    # bank: training videos (rows) against the test captions
+        view, desc, stream_fn = train_split.video_view(), "SK bank: train videos", iter_video_features
+        with torch.no_grad():
+            texts = model.prepare_text(feats.text)
+
+        def score(bank):
+            return {k: v.t() for k, v in model.similarity_levels(texts, bank).items()}  # [b, Nt]
     parts = {k: [] for k in LEVELS}
-    if direction == "t2v":
-        view = train_split.text_view()
-        stream = iter_text_features(model, view, rt, opts, bank_subset(len(view), opts), "SK bank: train captions")
+    for bank, _ in stream_fn(model, view, rt, opts, bank_subset(len(view), opts), desc):
         with torch.no_grad():
-            gallery = model.prepare_video(feats.video)                   # once, not once per bank chunk
-        for text, _ in stream:
-            with torch.no_grad():
-                sims = model.similarity_levels(text, gallery)
-            for k in LEVELS:
-                parts[k].append(sims[k].float())
-    else:
-        view = train_split.video_view()
-        stream = iter_video_features(model, view, rt, opts, bank_subset(len(view), opts), "SK bank: train videos")
-        with torch.no_grad():
-            gallery = model.prepare_text(feats.text)                     # once, not once per bank chunk
-        for video, _ in stream:
-            with torch.no_grad():
-                sims = model.similarity_levels(gallery, video)           # [Nt, b]
-            for k in LEVELS:
-                parts[k].append(sims[k].float().t())                    # [b, Nt]
+            sims = score(bank)                                           # [b, gallery]
+        for k in LEVELS:
+            parts[k].append(sims[k].float())
     n_cols = feats.video.frames.shape[0] if direction == "t2v" else feats.text.sentence.shape[0]
     out = {}
     for k in LEVELS:

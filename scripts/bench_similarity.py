@@ -20,32 +20,20 @@ the tau = 0.01 softmaxes produce many, which slows x86 CPUs several-fold and cha
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
 
 from modules.similarity import LevelHead  # noqa: E402
 from modules.temporal import TemporalTransformer  # noqa: E402
 from modules.ucofia import ModelConfig  # noqa: E402
 
 TEMPORAL_LAYERS, TAU, LOGIT_SCALE = 4, 0.01, 100.0
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build(args, mask_padding: bool):
@@ -158,9 +146,7 @@ def child(args) -> None:
         levels, stats = run_published(args)
     else:
         levels, stats = run_ours(args, mask_padding=args.role == "ours_masked")
-    torch.save(levels, os.path.join(args.out, f"{args.role}.pt"))
-    with open(os.path.join(args.out, f"{args.role}.json"), "w") as f:
-        json.dump(stats, f)
+    save_role(args.out, args.role, stats, levels)
 
 
 def main(argv=None) -> None:
@@ -182,15 +168,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.role:
         return child(args)
-    with tempfile.TemporaryDirectory() as out:
-        stats, levels = {}, {}
-        for role in ("ours", "ours_masked", "published"):
-            cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
-                   "--role", role, "--out", out]
-            subprocess.run(cmd, check=True)
-            with open(os.path.join(out, f"{role}.json")) as f:
-                stats[role] = json.load(f)
-            levels[role] = torch.load(os.path.join(out, f"{role}.pt"), weights_only=True)
+    stats, levels = run_roles(__file__, argv, ("ours", "ours_masked", "published"))
     ours, masked, pub = stats["ours"], stats["ours_masked"], stats["published"]
     m = args.frames * (1 + args.topk)
     print(f"{args.texts} texts x {args.videos} videos, L={args.words}, F={args.frames}, K={args.topk}, D={args.dim}, "

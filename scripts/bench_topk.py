@@ -10,18 +10,15 @@ score gradients equal within float rounding, and prints peak memory and forward 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
 
 from modules.token_selection import perturbed_topk  # noqa: E402
 
@@ -45,11 +42,6 @@ class OneHotTopK(torch.autograd.Function):
         return torch.einsum("bkd,bkd->bd", grad_output, expected), None, None, None
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def child(args) -> None:
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
@@ -67,15 +59,14 @@ def child(args) -> None:
         return out
 
     out = step()                                                                 # the peak is reached here
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    peak = peak_rss_mb() - base
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    torch.save({"out": out.detach(), "grad": scores.grad}, os.path.join(args.out, f"{args.role}.pt"))
-    with open(os.path.join(args.out, f"{args.role}.json"), "w") as f:
-        json.dump({"peak_mb": peak, "time": min(times), "inputs_mb": noise.numel() * 4 / 2**20}, f)
+    save_role(args.out, args.role, {"peak_mb": peak, "time": min(times), "inputs_mb": noise.numel() * 4 / 2**20},
+              {"out": out.detach(), "grad": scores.grad})
 
 
 def main(argv=None) -> None:
@@ -93,15 +84,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.role:
         return child(args)
-    with tempfile.TemporaryDirectory() as out:
-        stats, results = {}, {}
-        for role in ("one_hot", "ours"):
-            cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
-                   "--role", role, "--out", out]
-            subprocess.run(cmd, check=True)
-            with open(os.path.join(out, f"{role}.json")) as f:
-                stats[role] = json.load(f)
-            results[role] = torch.load(os.path.join(out, f"{role}.pt"), weights_only=True)
+    stats, results = run_roles(__file__, argv, ("one_hot", "ours"))
     ours, ref = stats["ours"], stats["one_hot"]
     same = torch.equal(results["ours"]["out"], results["one_hot"]["out"])
     grad_diff = (results["ours"]["grad"] - results["one_hot"]["grad"]).abs().max().item()

@@ -9,20 +9,18 @@ process's peak resident memory. Prints clips/s, seconds per step, peak memory an
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import peak_rss_mb, run_roles, save_role  # noqa: E402
 
 MODES = ("fp32", "bf16", "legacy_fp16")
 
 
-def worker(args) -> dict:
+def child(args) -> None:
     import torch
 
     from modules.build import build_model
@@ -35,7 +33,7 @@ def worker(args) -> dict:
         torch.set_flush_denormal(True)
     torch.manual_seed(0)
     cfg = ModelConfig(max_words=args.words, max_frames=args.frames)
-    model = build_model(f"random:{args.arch}", cfg, args.precision, args.grad_checkpointing, device).train()
+    model = build_model(f"random:{args.arch}", cfg, args.role, args.grad_checkpointing, device).train()
     optimizer = build_optimizer(model, OptimConfig(), t_total=1000)
     res = model.clip.config.image_resolution
     ids = torch.randint(1, 49000, (args.clips, args.words), device=device)
@@ -47,7 +45,7 @@ def worker(args) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
-        with autocast_context(args.precision, device):
+        with autocast_context(args.role, device):
             loss = model(ids, mask, video, video_mask, seeds)
         loss.float().backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -64,14 +62,11 @@ def worker(args) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else peak_rss_mb()
     seconds = statistics.median(times)
-    return {"precision": args.precision, "seconds": seconds, "clips_per_s": args.clips / seconds, "peak_mib": peak,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "threads": torch.get_num_threads()}
+    save_role(args.out, args.role, {"precision": args.role, "seconds": seconds, "clips_per_s": args.clips / seconds,
+                                    "peak_mib": peak, "threads": torch.get_num_threads(),
+                                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
 
 
 def main(argv=None) -> None:
@@ -84,20 +79,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--grad_checkpointing", action="store_true")
-    parser.add_argument("--precision", help=argparse.SUPPRESS)  # set in the per-mode worker process
+    parser.add_argument("--role", choices=MODES, help=argparse.SUPPRESS)  # the precision a child process runs
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.precision:
-        print(json.dumps(worker(args)))
-        return
-    rows = []
-    for mode in args.modes.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--precision", mode] + [
-            a for a in (argv if argv is not None else sys.argv[1:])]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            print(f"{mode}: failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
-            continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if args.role:
+        return child(args)
+    stats, _ = run_roles(__file__, argv, args.modes.split(","), load_tensors=False, keep_going=True)
+    rows = list(stats.values())
     if not rows:
         return
     print(f"training step, {args.arch}, {args.clips} clips x {args.frames} frames x {args.words} words, "
