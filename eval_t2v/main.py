@@ -5,7 +5,7 @@ Runs under ``torchrun`` too; ``eval_t2v/scripts/`` holds each dataset's settings
 """
 import sys
 
-from modules.protocol import eval_main
+from modules.evaluation.protocol import eval_main
 
 
 def main(argv=None) -> int:

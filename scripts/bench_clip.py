@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modules.clip import Attention, build_random_clip  # noqa: E402
+from modules.model.clip import Attention, build_random_clip  # noqa: E402
 
 
 def plain_attention(self: Attention, x: torch.Tensor, causal: bool = False, attn_mask=None) -> torch.Tensor:

@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
 
-from modules.similarity import LevelHead  # noqa: E402
-from modules.temporal import TemporalTransformer  # noqa: E402
-from modules.ucofia import ModelConfig  # noqa: E402
+from modules.model.similarity import LevelHead  # noqa: E402
+from modules.model.temporal import TemporalTransformer  # noqa: E402
+from modules.model.ucofia import ModelConfig  # noqa: E402
 
 TEMPORAL_LAYERS, TAU, LOGIT_SCALE = 4, 0.01, 100.0
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
 
-from modules.token_selection import perturbed_topk  # noqa: E402
+from modules.model.token_selection import perturbed_topk  # noqa: E402
 
 
 class OneHotTopK(torch.autograd.Function):

@@ -23,10 +23,10 @@ MODES = ("fp32", "bf16", "legacy_fp16")
 def child(args) -> None:
     import torch
 
-    from modules.build import build_model
-    from modules.engine import autocast_context
-    from modules.optim import OptimConfig, build_optimizer
-    from modules.ucofia import ModelConfig
+    from modules.common.runtime import autocast_context
+    from modules.model.build import build_model
+    from modules.model.ucofia import ModelConfig
+    from modules.training.optim import OptimConfig, build_optimizer
 
     device = torch.device(args.device)
     if device.type == "cpu":

@@ -29,12 +29,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
+from modules.common.errors import ConfigError, DataError  # noqa: E402
+from modules.common.runtime import run_entry, setup, setup_logging  # noqa: E402
 from modules.data import list_videos  # noqa: E402
-from modules.errors import ConfigError, DataError  # noqa: E402
-from modules.retrieval import (Tool, VideoIndex, add_tool_arguments, encode_captions,  # noqa: E402
-                               encode_video_files, load_tool, score, tool_overrides, update_index)
-from modules.runtime import run_entry, setup, setup_logging  # noqa: E402
-from modules.similarity import LEVELS  # noqa: E402
+from modules.evaluation.retrieval import (
+    Tool,
+    VideoIndex,
+    add_tool_arguments,
+    encode_captions,
+    encode_video_files,
+    load_tool,
+    score,
+    tool_overrides,
+    update_index,
+)
+from modules.model.similarity import LEVELS  # noqa: E402
 
 INDEX_NAME = "ucofia_index.pt"
 COLUMNS = ("overall",) + LEVELS

@@ -27,15 +27,19 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 import cv2  # noqa: E402
 
+from modules.common.errors import ConfigError, DataError  # noqa: E402
+from modules.common.runtime import (  # noqa: E402
+    autocast_context,  # noqa: E402
+    run_entry,
+    setup,
+    setup_logging,
+)
 from modules.data.transforms import clip_frames, resize_center_crop  # noqa: E402
 from modules.data.video import load_video_raw, probe_video  # noqa: E402
-from modules.engine import autocast_context  # noqa: E402
-from modules.errors import ConfigError, DataError  # noqa: E402
-from modules.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides  # noqa: E402
-from modules.runtime import run_entry, setup, setup_logging  # noqa: E402
-from modules.similarity import LEVELS  # noqa: E402
-from modules.tokenizer import get_tokenizer, text_mask, tokenize  # noqa: E402
-from modules.ucofia import Explanation  # noqa: E402
+from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides  # noqa: E402
+from modules.model.similarity import LEVELS  # noqa: E402
+from modules.model.tokenizer import get_tokenizer, text_mask, tokenize  # noqa: E402
+from modules.model.ucofia import Explanation  # noqa: E402
 
 TILE = 224               # displayed frame side (pixels)
 GAP, MARGIN = 14, 18     # between frames, around the picture

@@ -6,10 +6,17 @@ import pytest
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from modules.clip import (ARCHITECTURES, CLIP, build_clip, build_random_clip, config_from_state_dict, load_clip,
-                          resolve_clip)
-from modules.errors import CheckpointError
-from modules.tokenizer import tokenize
+from modules.common.errors import CheckpointError
+from modules.model.clip import (
+    ARCHITECTURES,
+    CLIP,
+    build_clip,
+    build_random_clip,
+    config_from_state_dict,
+    load_clip,
+    resolve_clip,
+)
+from modules.model.tokenizer import tokenize
 
 CAPTIONS = ["a red circle moves left over a blue background", "two dogs", "x", "a man is cooking pasta in a kitchen"]
 

@@ -2,8 +2,8 @@
 import os
 
 import cv2
-
 from data_fixtures import ffmpeg_exe, write_mp4v
+
 from scripts.compress_video import main as compress
 
 

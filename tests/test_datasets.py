@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from data_fixtures import copy_videos, write_json, write_lines, write_mp4v, write_pickle
 from torch.utils.data import DataLoader
 
-from data_fixtures import copy_videos, write_json, write_lines, write_mp4v, write_pickle
+from modules.common.errors import ConfigError, DataError
 from modules.data import DATASETS, DataConfig, build_split, collate_skip_none, has_val_split
-from modules.errors import ConfigError, DataError
-from modules.tokenizer import text_mask, tokenize
+from modules.model.tokenizer import text_mask, tokenize
 
 SMALL = dict(max_words=16, max_frames=4, image_resolution=32)
 

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from helpers import data_flags, run_module, tiny_flags
+
 from eval_t2v.main import main as eval_t2v
 from eval_v2t.main import main as eval_v2t
-from modules.metrics import t2v_metrics, v2t_metrics
+from modules.evaluation.metrics import t2v_metrics, v2t_metrics
 from train.main import main as train_main
 
 MODEL = ["--pretrained_clip_name", "random:tiny", "--max_words", "16", "--max_frames", "4", "--batch_size_val", "5",

@@ -24,17 +24,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import decode_all, ffmpeg_exe, write_h264, write_mp4v
 from helpers import ROOT, data_flags, read_steps, run_module, tiny_flags
+
 from eval_t2v.main import main as eval_t2v
 from eval_v2t.main import main as eval_v2t
-from modules import checkpoint as checkpoint_module
-from modules.checkpoint import read_checkpoint
+from modules.common import io as checkpoint_module
+from modules.common.errors import DataError
+from modules.common.io import read_checkpoint
 from modules.data import build_split
 from modules.data.config import DataConfig
 from modules.data.video import load_video, load_video_raw, sample_frame_indices
-from modules.errors import DataError
 from train.main import main as train_main
 
 N_TRAIN, N_TEST = 24, 4          # 3 optimiser steps per epoch at batch 8
@@ -675,9 +675,10 @@ def test_clip_backbone_given_as_a_ucofia_checkpoint(base, checkpoint, earlier_re
 
 
 def test_published_checkpoint_with_an_unexpected_key(base, checkpoint, earlier_results, tmp_path, capsys):
-    from modules.build import build_model_from_checkpoint
-    from modules.ucofia import ModelConfig
     from test_published_import import published_layout
+
+    from modules.model.build import build_model_from_checkpoint
+    from modules.model.ucofia import ModelConfig
 
     model, _ = build_model_from_checkpoint(checkpoint, ModelConfig(max_words=16, max_frames=4))
     published = published_layout(model)
@@ -819,7 +820,7 @@ def test_full_disk_while_writing_a_checkpoint(base, tmp_path, capsys, monkeypatc
 
 def test_full_disk_while_appending_to_the_step_log(base, tmp_path, capsys, monkeypatch):
     """The per-step log is appended to, not replaced: a full disk there also ends in one line naming the file."""
-    from modules import training
+    from modules.training import run as training
 
     def open_on_full_disk(path, mode="r", *args, **kwargs):
         f = open(path, mode, *args, **kwargs)
@@ -846,7 +847,7 @@ def test_full_disk_while_writing_results(base, checkpoint, earlier_results, tmp_
 
 def _nan_at_calls(monkeypatch, calls: set[int]) -> None:
     """The model's training loss is NaN at the given forward calls (1-based): a diverging batch."""
-    from modules.ucofia import UCoFiA
+    from modules.model.ucofia import UCoFiA
 
     real, count = UCoFiA.forward, [0]
 

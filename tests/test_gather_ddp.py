@@ -6,10 +6,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from modules.clip import resolve_clip
-from modules.distributed import all_gather_with_grad, get_rank, get_world_size, is_main_process
-from modules.tokenizer import text_mask, tokenize
-from modules.ucofia import ModelConfig, UCoFiA
+from modules.common.distributed import all_gather_with_grad, get_rank, get_world_size, is_main_process
+from modules.model.clip import resolve_clip
+from modules.model.tokenizer import text_mask, tokenize
+from modules.model.ucofia import ModelConfig, UCoFiA
 
 WORLD = 2
 CAPTIONS = ["a dog runs", "a cat sleeps on a mat", "someone is cooking", "two cars race on a track"]

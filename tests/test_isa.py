@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from modules.isa import isa
+from modules.model.isa import isa
 
 
 def _softmax(values):

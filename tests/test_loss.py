@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.clip import resolve_clip
-from modules.losses import combine_levels, symmetric_infonce
-from modules.ucofia import ModelConfig, TextFeatures, UCoFiA, VideoFeatures
+from modules.model.clip import resolve_clip
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.losses import combine_levels, symmetric_infonce
+from modules.model.ucofia import ModelConfig, UCoFiA
 
 
 def _model():
@@ -30,7 +31,7 @@ def _cross_en(sim):
 def test_loss_matches_published_formulation():
     model = _model()
     text, video = _features(6)
-    out = symmetric_infonce(model, text, video)
+    out = symmetric_infonce(model.similarity_levels, text, video)
     levels = model.similarity_levels(text, video)
     sim = (levels["video_sentence"] + levels["frame_sentence"] + levels["patch_word"]) / 3
     torch.testing.assert_close(combine_levels(levels), sim)
@@ -44,4 +45,4 @@ def test_loss_needs_pairs():
     model = _model()
     text, video = _features(4)
     with pytest.raises(ValueError, match="pairs"):
-        symmetric_infonce(model, text, video[:3])
+        symmetric_infonce(model.similarity_levels, text, video[:3])

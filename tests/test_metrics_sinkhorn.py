@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from modules.errors import UCoFiAError
-from modules.metrics import group_max, t2v_metrics, v2t_metrics
-from modules.sinkhorn import sk_bias
+from modules.common.errors import UCoFiAError
+from modules.evaluation.metrics import group_max, t2v_metrics, v2t_metrics
+from modules.evaluation.sinkhorn import sk_bias
 
 
 def _brute_metrics(ranks: list[int]) -> dict:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from modules.checkpoint import atomic_save, read_checkpoint
-from modules.clip import build_random_clip
-from modules.errors import CheckpointError
-from modules.optim import BertAdam, OptimConfig, build_optimizer, freeze_clip_layers, warmup_cosine
-from modules.samplers import GlobalBatchSampler, ShardSampler, noise_seeds
+from modules.common.errors import CheckpointError
+from modules.common.io import atomic_save, read_checkpoint
+from modules.data.samplers import GlobalBatchSampler, ShardSampler, noise_seeds
+from modules.model.clip import build_random_clip
+from modules.training.optim import BertAdam, OptimConfig, build_optimizer, freeze_clip_layers, warmup_cosine
 
 
 def test_warmup_cosine_is_the_published_curve():

@@ -4,11 +4,12 @@ unexpected is an error naming the keys."""
 import pytest
 import torch
 
-from modules.clip import resolve_clip
-from modules.errors import CheckpointError
-from modules.published import import_published_state_dict, is_published_state_dict
-from modules.tokenizer import text_mask, tokenize
-from modules.ucofia import ModelConfig, TextFeatures, UCoFiA, VideoFeatures
+from modules.common.errors import CheckpointError
+from modules.model.clip import resolve_clip
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.published import import_published_state_dict, is_published_state_dict
+from modules.model.tokenizer import text_mask, tokenize
+from modules.model.ucofia import ModelConfig, UCoFiA
 
 CONFIG = dict(max_words=8, max_frames=4, topk=2, topk_samples=30)
 # Our name -> the published one, written out independently of modules.published.

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pandas as pd
-
 from data_fixtures import decode_all
+
 from modules.data import DataConfig, build_split
 from modules.data.synthetic import COLOURS, OPPOSITE, generate
 from scripts.make_synthetic import main as make_synthetic

@@ -5,10 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules import token_selection
-from modules.published import PREFIX_MAP
-from modules.token_selection import (FramePatchScorer, VideoPatchScorer, hard_topk, perturbed_topk, seeded_noise,
-                                     select_patches)
+from modules.model import token_selection
+from modules.model.published import PREFIX_MAP
+from modules.model.token_selection import (
+    FramePatchScorer,
+    VideoPatchScorer,
+    hard_topk,
+    perturbed_topk,
+    seeded_noise,
+    select_patches,
+)
 
 
 class OneHotTopK(torch.autograd.Function):

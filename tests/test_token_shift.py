@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from modules.clip import build_random_clip
-from modules.token_shift import TemporalTokenShift, apply_token_shift
+from modules.model.clip import build_random_clip
+from modules.model.token_shift import TemporalTokenShift, apply_token_shift
 
 
 def published_patch_shift(query, video_frame, n_div):

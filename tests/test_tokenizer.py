@@ -5,7 +5,7 @@ import open_clip
 import pytest
 import torch
 
-from modules.tokenizer import get_tokenizer, text_mask, tokenize
+from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
 
 BASES = [
     "a man is playing a guitar on stage",

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_flags
-from modules.build import build_model_from_checkpoint
-from modules.clip import resolve_clip
+
 from modules.data import DataConfig, load_video
-from modules.isa import isa, isa_scaled_weights
-from modules.tokenizer import text_mask, tokenize
-from modules.ucofia import ModelConfig, UCoFiA
+from modules.model.build import build_model_from_checkpoint
+from modules.model.clip import resolve_clip
+from modules.model.isa import isa, isa_scaled_weights
+from modules.model.tokenizer import text_mask, tokenize
+from modules.model.ucofia import ModelConfig, UCoFiA
 from scripts.retrieve import main as retrieve
 from scripts.visualize import main as visualize
 from train.main import main as train_main

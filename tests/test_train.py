@@ -8,9 +8,9 @@ import time
 
 import pytest
 import torch
-
 from helpers import ROOT, read_steps, run_module, tiny_flags
-from modules.checkpoint import read_checkpoint
+
+from modules.common.io import read_checkpoint
 from train.main import main as train_main
 
 
@@ -104,7 +104,7 @@ def test_every_script_datatype_is_registered():
 @pytest.mark.parametrize("script", ["train/scripts/train_msrvtt.sh", "eval_t2v/scripts/eval_msvd.sh",
                                     "eval_v2t/scripts/eval_activitynet.sh", "train/scripts/train_didemo.sh"])
 def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
-    from modules.config import build_parser
+    from modules.training.config import build_parser
 
     folder, name = os.path.split(os.path.join(ROOT, script))
     env = dict(os.environ, DRY_RUN="1", DATA_PATH="/data", OUTPUT_DIR=str(tmp_path), NGPU="2")

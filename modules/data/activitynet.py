@@ -12,10 +12,10 @@ import logging
 import math
 import os
 
+from modules.common.errors import DataError
 from modules.data.annotations import VideoIndex, check_caption, entry_field, read_json, require_path, unique_ids
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
-from modules.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from modules.errors import ConfigError, DataError
+from modules.common.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

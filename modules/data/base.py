@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from modules.common.errors import DataError
 from modules.data.config import DataConfig
 from modules.data.transforms import seed_entropy
 from modules.data.video import load_video
-from modules.errors import DataError
-from modules.tokenizer import get_tokenizer, text_mask, tokenize
+from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from modules.errors import ConfigError
+from modules.common.errors import ConfigError
 
 
 @dataclass

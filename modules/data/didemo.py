@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
+from modules.common.errors import DataError
 from modules.data.annotations import VideoIndex, check_caption, entry_field, read_json, read_lines, require_path
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
-from modules.errors import DataError
 
 NAME = "didemo"
 # Window of every video in seconds, as published (DiDeMo moments are 5 s chunks of the first 30 s).

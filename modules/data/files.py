@@ -7,9 +7,9 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
+from modules.common.errors import DataError
 from modules.data.annotations import VIDEO_EXTENSIONS
 from modules.data.video import load_video
-from modules.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import os
 
-from modules.data.annotations import (VideoIndex, check_caption, entry_field, read_csv, read_json, require_path,
-                                     unique_ids)
+from modules.common.errors import DataError
+from modules.data.annotations import (
+    VideoIndex,
+    check_caption,
+    entry_field,
+    read_csv,
+    read_json,
+    require_path,
+    unique_ids,
+)
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
-from modules.errors import DataError
 
 NAME = "msrvtt"
 # File names tried when --data_path is a folder: the real set, then the synthetic set's.

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from modules.data.annotations import (VideoIndex, captions_by_video, read_lines, read_pickle, require_path,
-                                      unique_ids)
+from modules.data.annotations import VideoIndex, captions_by_video, read_lines, read_pickle, require_path, unique_ids
 from modules.data.base import RetrievalSplit, split_from_lists
 from modules.data.config import DataConfig
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from modules.common.errors import ConfigError
 from modules.data import activitynet, didemo, msrvtt, msvd, vatex
 from modules.data.base import RetrievalSplit
 from modules.data.config import DataConfig
-from modules.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from modules.errors import DataError
+from modules.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 

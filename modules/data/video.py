@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 import torch
 
+from modules.common.errors import DataError
 from modules.data.config import frames_per_second_or_step
 from modules.data.transforms import clip_frames, frame_order_permutation
-from modules.errors import DataError
 
 # OpenCV seeks to the keyframe before (target - 16) and decodes forward (CvCapture_FFMPEG::seek).
 OPENCV_SEEK_BACKOFF = 16

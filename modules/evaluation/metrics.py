@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import UCoFiAError
+from modules.common.errors import UCoFiAError
 
 RECALLS = (1, 5, 10)
 

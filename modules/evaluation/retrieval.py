@@ -22,16 +22,16 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .build import build_model_from_checkpoint
-from .checkpoint import atomic_save, read_checkpoint
-from .data import DataConfig, VideoFiles
-from .engine import autocast_context
-from .errors import CheckpointError, ConfigError, DataError
-from .evaluation import EvalOptions, combine, gather_all, iter_video_features
-from .runtime import Runtime
-from .similarity import LEVELS
-from .tokenizer import text_mask, tokenize
-from .ucofia import ModelConfig, TextFeatures, UCoFiA, VideoFeatures
+from modules.common.errors import CheckpointError, ConfigError, DataError
+from modules.common.io import atomic_save, read_checkpoint
+from modules.common.runtime import Runtime, autocast_context
+from modules.data import DataConfig, VideoFiles
+from modules.evaluation.encoding import EvalOptions, combine, gather_all, iter_video_features
+from modules.model.build import build_model_from_checkpoint
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.similarity import LEVELS
+from modules.model.tokenizer import text_mask, tokenize
+from modules.model.ucofia import ModelConfig, UCoFiA
 
 logger = logging.getLogger("ucofia")
 INDEX_FORMAT = "ucofia-video-index-v1"

@@ -9,12 +9,12 @@ import logging
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, model_state_from, read_checkpoint
-from .clip import CLIP, Attention, build_clip, resolve_clip
-from .errors import CheckpointError
-from .published import is_published_state_dict, published_clip_state_dict
-from .state_dicts import check_compatible
-from .ucofia import ModelConfig, UCoFiA
+from modules.common.errors import CheckpointError
+from modules.common.io import read_checkpoint
+from modules.common.state_dicts import check_compatible
+from modules.model.clip import CLIP, Attention, build_clip, resolve_clip
+from modules.model.published import is_published_state_dict, published_clip_state_dict
+from modules.model.ucofia import ModelConfig, UCoFiA
 
 logger = logging.getLogger("ucofia")
 
@@ -78,3 +78,42 @@ def build_model_from_checkpoint(path: str, model_cfg: ModelConfig, precision: st
 
 def _norm(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+FORMAT = "ucofia-checkpoint-v1"
+
+
+def model_state_from(obj: dict, model: nn.Module, path: str) -> dict:
+    """The model state dict inside a checkpoint of ours, a bare state dict of ours, or a published-code one."""
+    from modules.model.published import import_published_state_dict, is_published_state_dict
+
+    if obj.get("format") == FORMAT:
+        state = obj["model"]
+    elif not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: neither a checkpoint of this project nor a state dict of tensors")
+    elif is_published_state_dict(obj):
+        logger.info("%s: importing a checkpoint of the published UCoFiA code", path)
+        state = import_published_state_dict(obj, model)
+    else:
+        state = obj
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: dict, path: str) -> None:
+    """Refuse weights holding NaN or inf: they would only surface later as a non-finite loss or NaN scores."""
+    bad = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all()))
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values ({shown}); the file is corrupt "
+                              "or comes from a diverged run")
+
+
+def load_model_weights(model: nn.Module, path: str) -> dict:
+    """Strictly load weights from ``path`` into ``model``; returns the file's contents."""
+    obj = read_checkpoint(path)
+    state = model_state_from(obj, model, path)
+    check_compatible(model.state_dict(), state, path, "this model's architecture")
+    model.load_state_dict(state, strict=True)
+    return obj

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, NoReturn, Optional
 
 import torch
 
-from .errors import CheckpointError
+from modules.common.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from .ucofia import UCoFiA
+    from modules.model.ucofia import UCoFiA
 
 logger = logging.getLogger(__name__)
 

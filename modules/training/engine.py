@@ -17,9 +17,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .errors import UCoFiAError
-from .samplers import noise_seeds
-from .runtime import Runtime, show_progress
+from modules.common.errors import UCoFiAError
+from modules.common.runtime import Runtime, autocast_context, show_progress
+from modules.data.samplers import noise_seeds
 
 logger = logging.getLogger("ucofia")
 LOGIT_SCALE_MAX = math.log(100.0)  # published clamp of CLIP's temperature after every step
@@ -41,13 +41,6 @@ class TrainState:
 
 class NonFiniteLoss(UCoFiAError):
     pass
-
-
-def autocast_context(precision: str, device: torch.device):
-    """bf16 runs under autocast; fp32 and the legacy fp16-weights recipe run without."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:

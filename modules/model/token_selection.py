@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # Bytes of the perturbed-score temporary [chunk, ..., S, P] per chunk of the first dimension: it is the largest
 # tensor of the operator, and a few MB keep it small and in cache.
 TOPK_CHUNK_BYTES = 4 << 20

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .errors import CheckpointError
-from .state_dicts import check_compatible
+from modules.common.errors import CheckpointError
+from modules.common.state_dicts import check_compatible
 
-DEFAULT_WEIGHTS_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_WEIGHTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # modules/, where the README puts it
 OPENAI_URLS = {
     "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/"
                 "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",

@@ -15,37 +15,26 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .build import build_model
-from .checkpoint import (WriteError, atomic_save, atomic_write, load_model_weights, remove_stale_temporaries,
-                         restore_rng, training_checkpoint)
-from .config import RunConfig
-from .data import build_split, collate_skip_none
-from .engine import TrainState, train_one_epoch
-from .errors import CheckpointError, ConfigError
-from .evaluation import EvalOptions, encode_test_set, evaluate_directions, score_test
-from .optim import build_optimizer, freeze_clip_layers
-from .runtime import Runtime
-from .samplers import GlobalBatchSampler
+from modules.common.errors import CheckpointError, ConfigError
+from modules.common.io import (
+    WriteError,
+    atomic_save,
+    atomic_write,
+    prepare_output_dir,
+    remove_stale_temporaries,
+    write_json,
+)
+from modules.common.runtime import Runtime
+from modules.data import build_split, collate_skip_none
+from modules.data.samplers import GlobalBatchSampler
+from modules.evaluation.encoding import EvalOptions, encode_test_set, evaluate_directions, score_test
+from modules.model.build import build_model, load_model_weights
+from modules.training.checkpoint import restore_rng, training_checkpoint
+from modules.training.config import RunConfig
+from modules.training.engine import TrainState, train_one_epoch
+from modules.training.optim import build_optimizer, freeze_clip_layers
 
 logger = logging.getLogger("ucofia")
-
-
-def prepare_output_dir(path: str) -> None:
-    """Create the folder and prove it is writable before any work starts."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"--output_dir {path} is not writable ({e.strerror or e})") from None
-
-
-def write_json(obj, path: str) -> None:
-    """Atomically: a reader never sees half a file, and a full disk leaves the previous one as it was."""
-    text = json.dumps(obj, indent=2, default=str)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def check_batch_layout(cfg: RunConfig, world_size: int) -> None:
@@ -244,9 +233,9 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
 
 def train_main(argv) -> int:
     """Entry point body of ``train``: train, or with ``--do_eval`` alone validate ``--init_model`` (raw metrics)."""
-    from .build import build_model_from_checkpoint
-    from .config import parse_args
-    from .runtime import run_entry, setup, setup_logging, world_size_from_env
+    from modules.common.runtime import run_entry, setup, setup_logging, world_size_from_env
+    from modules.model.build import build_model_from_checkpoint
+    from modules.training.config import parse_args
 
     def run() -> int:
         cfg = parse_args(argv, "train")

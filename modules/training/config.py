@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .data.config import DataConfig
-from .errors import ConfigError
-from .optim import OptimConfig
-from .ucofia import ModelConfig
+from modules.common.errors import ConfigError
+from modules.data.config import DataConfig
+from modules.model.ucofia import ModelConfig
+from modules.training.optim import OptimConfig
 
 PRECISIONS = ("fp32", "bf16", "legacy_fp16")
 
@@ -167,7 +167,7 @@ def parse_args(argv: Optional[list[str]], mode: str) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Checks that need no data or model; each names the flag."""
-    from .data.registry import DATASETS
+    from modules.data.registry import DATASETS
 
     if cfg.data.datatype not in DATASETS:
         raise ConfigError(f"unknown --datatype {cfg.data.datatype!r}; valid: {', '.join(DATASETS)}")

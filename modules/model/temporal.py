@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .clip import CLIP, Transformer
-from .errors import ConfigError
+from modules.common.errors import ConfigError
+from modules.model.clip import CLIP, Transformer
 
 SIM_HEADERS = ("seqTransf", "meanP")
 

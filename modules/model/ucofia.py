@@ -15,19 +15,20 @@ checkpoints round-trip exactly.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Callable, Optional, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .clip import CLIP
-from .errors import ConfigError
-from .losses import symmetric_infonce
-from .similarity import LEVELS, LevelHead, TextSide, VideoSide
-from .temporal import SIM_HEADERS, build_temporal
-from .token_selection import PATCH_SCORERS, hard_topk, perturbed_topk, seeded_noise, select_patches
-from .token_shift import apply_token_shift
+from modules.common.errors import ConfigError
+from modules.model.clip import CLIP
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.losses import symmetric_infonce
+from modules.model.similarity import LEVELS, LevelHead, TextSide, VideoSide
+from modules.model.temporal import SIM_HEADERS, build_temporal
+from modules.model.token_selection import PATCH_SCORERS, hard_topk, perturbed_topk, seeded_noise, select_patches
+from modules.model.token_shift import apply_token_shift
 
 EVAL_TOPK = ("perturbed", "hard")
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -84,59 +85,6 @@ class ModelConfig:
             if not ok:
                 raise ConfigError(message)
 
-
-F_ = TypeVar("F_", bound="_Features")
-
-
-class _Features:
-    """Row-wise operations shared by the feature dataclasses (every field is a tensor with one row per item)."""
-
-    def map(self: F_, fn: Callable[[torch.Tensor], torch.Tensor]) -> F_:
-        return type(self)(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
-
-    def __len__(self) -> int:
-        return getattr(self, fields(self)[0].name).shape[0]
-
-    def __getitem__(self: F_, rows) -> F_:
-        """Rows by slice, index tensor or list; an int keeps the row dimension."""
-        if isinstance(rows, int):
-            rows = slice(rows, rows + 1) if rows != -1 else slice(-1, None)
-        return self.map(lambda t: t[rows])
-
-    def to(self: F_, *args, **kwargs) -> F_:
-        return self.map(lambda t: t.to(*args, **kwargs))
-
-    def detach(self: F_) -> F_:
-        return self.map(torch.Tensor.detach)
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls: type[F_], tensors: dict[str, torch.Tensor]) -> F_:
-        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
-
-    @classmethod
-    def cat(cls: type[F_], parts: Sequence[F_]) -> F_:
-        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
-
-
-@dataclass
-class TextFeatures(_Features):
-    """Raw projected text features: sentence [Nt, D] (end token), words [Nt, L, D], word_mask [Nt, L] (bool)."""
-    sentence: torch.Tensor
-    words: torch.Tensor
-    word_mask: torch.Tensor
-
-
-@dataclass
-class VideoFeatures(_Features):
-    """Raw projected video features: frames [Nv, F, D] (class tokens), frames_temporal [Nv, F, D],
-    frame_mask [Nv, F] (bool), tokens [Nv, F (1+K), D] (per frame: class token, then K selected patches)."""
-    frames: torch.Tensor
-    frames_temporal: torch.Tensor
-    frame_mask: torch.Tensor
-    tokens: torch.Tensor
 
 
 @dataclass
@@ -339,4 +287,4 @@ class UCoFiA(nn.Module):
         """
         text = self.encode_text(text_ids, text_mask)
         video_features = self.encode_video(video, video_mask, noise_seeds)
-        return symmetric_infonce(self, text, video_features)
+        return symmetric_infonce(self.similarity_levels, text, video_features)

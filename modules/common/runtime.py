@@ -5,6 +5,7 @@ plain ``python -m ...`` process. Nothing here runs at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import logging
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, UCoFiAError
+from modules.common.errors import ConfigError, UCoFiAError
 
 logger = logging.getLogger("ucofia")
 COLLECTIVE_TIMEOUT_MIN = 30  # a rank stuck longer than this in a collective ends the job instead of hanging
@@ -165,3 +166,10 @@ def run_entry(fn: Callable[[], int]) -> int:
         return 2
     teardown()
     return code
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 runs under autocast; fp32 and the legacy fp16-weights recipe run without."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -17,15 +17,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .data import collate_skip_none
-from .engine import autocast_context
-from .errors import DataError
-from .metrics import t2v_metrics, v2t_metrics
-from .runtime import Runtime, show_progress
-from .samplers import ShardSampler, epoch_permutation
-from .similarity import LEVELS
-from .sinkhorn import sk_bias
-from .ucofia import TextFeatures, VideoFeatures
+from modules.common.distributed import all_gather_rows
+from modules.common.errors import DataError
+from modules.common.runtime import Runtime, autocast_context, show_progress
+from modules.data import collate_skip_none
+from modules.data.samplers import ShardSampler, epoch_permutation
+from modules.evaluation.metrics import t2v_metrics, v2t_metrics
+from modules.evaluation.sinkhorn import sk_bias
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.similarity import LEVELS
 
 logger = logging.getLogger("ucofia")
 TEXT_BATCH_FACTOR = 8
@@ -39,21 +39,6 @@ class EvalOptions:
     sk_iters: int = 4
     sk_bank_size: int = 0       # 0: whole training split
     seed: int = 42              # picks the bank subsample
-
-
-def all_gather_rows(local: torch.Tensor, rt: Runtime, dim: int = 0) -> torch.Tensor:
-    """Concatenate every rank's slices along ``dim`` in rank order; sizes may differ between ranks."""
-    if not rt.distributed:
-        return local
-    local = local.movedim(dim, 0).contiguous()
-    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(rt.world_size)]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]], device=local.device))
-    longest = int(max(s.item() for s in sizes))
-    padded = local.new_zeros((longest,) + tuple(local.shape[1:]))
-    padded[:local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(rt.world_size)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)]).movedim(0, dim)
 
 
 def _shard_indices(n: int, rt: Runtime, subset: Optional[torch.Tensor] = None) -> list[int]:
@@ -114,9 +99,9 @@ def gather_all(parts: list, cls, total: int, rt: Runtime, device: torch.device):
             local = {n: torch.zeros((0,) + shape, dtype=dtype, device=device) for n, (shape, dtype) in spec.items()}
     elif local is None:
         raise DataError("nothing could be encoded: every item of the split was skipped")
-    index = all_gather_rows(index, rt)
+    index = all_gather_rows(index)
     order = torch.argsort(index)
-    out = {n: all_gather_rows(local[n], rt)[order] for n in names}
+    out = {n: all_gather_rows(local[n])[order] for n in names}
     index = index[order]
     if index.numel() != torch.unique(index).numel() or (index.numel() and int(index.max()) >= total):
         raise RuntimeError("gathered evaluation indices are not a set of dataset positions")
@@ -160,7 +145,7 @@ def score_test(model, feats: TestFeatures, rt: Runtime) -> dict[str, torch.Tenso
         text = feats.text[rows]
         with torch.no_grad():
             sims = model.similarity_levels(text, feats.video)
-    return {k: all_gather_rows(sims[k].float(), rt) for k in LEVELS}
+    return {k: all_gather_rows(sims[k].float()) for k in LEVELS}
 
 
 def bank_subset(n: int, opts: EvalOptions) -> Optional[torch.Tensor]:
@@ -198,7 +183,7 @@ def bank_scores(model, train_split, feats: TestFeatures, direction: str, rt: Run
     out = {}
     for k in LEVELS:
         local = torch.cat(parts[k]) if parts[k] else torch.zeros(0, n_cols, device=rt.device)
-        out[k] = all_gather_rows(local, rt)
+        out[k] = all_gather_rows(local)
     if out[LEVELS[0]].shape[0] == 0:
         raise DataError("the SK-norm bank is empty: the training split has no usable items")
     return out

@@ -16,16 +16,26 @@ import cv2
 import numpy as np
 import torch
 
-from .build import build_model_from_checkpoint
-from .checkpoint import atomic_save, atomic_write, read_checkpoint
-from .config import RunConfig
-from .data import build_split
-from .errors import ConfigError
-from .evaluation import (LEVELS, EvalOptions, TestFeatures, add_bias, bank_scores, combine, dsl,
-                         encode_test_set, metrics_for, score_test, sk_biases)
-from .runtime import Runtime
-from .training import write_json
-from .ucofia import TextFeatures, VideoFeatures
+from modules.common.errors import ConfigError
+from modules.common.io import atomic_save, atomic_write, read_checkpoint, write_json
+from modules.common.runtime import Runtime
+from modules.data import build_split
+from modules.evaluation.encoding import (
+    LEVELS,
+    EvalOptions,
+    TestFeatures,
+    add_bias,
+    bank_scores,
+    combine,
+    dsl,
+    encode_test_set,
+    metrics_for,
+    score_test,
+    sk_biases,
+)
+from modules.model.build import build_model_from_checkpoint
+from modules.model.features import TextFeatures, VideoFeatures
+from modules.training.config import RunConfig
 
 logger = logging.getLogger("ucofia")
 NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
@@ -140,9 +150,9 @@ def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
 
 def eval_main(argv, direction: str) -> int:
     """Entry point body of ``eval_t2v`` / ``eval_v2t``; the two differ in ``direction`` only."""
-    from .config import parse_args
-    from .runtime import run_entry, setup, setup_logging
-    from .training import prepare_output_dir
+    from modules.common.io import prepare_output_dir
+    from modules.common.runtime import run_entry, setup, setup_logging
+    from modules.training.config import parse_args
 
     def run() -> int:
         cfg = parse_args(argv, "eval_" + direction)

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .clip import CLIP
+from modules.model.clip import CLIP
 
 
 class TemporalTokenShift(nn.Module):

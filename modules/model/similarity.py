@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .isa import isa_scaled, isa_scaled_weights, mask_bias
+from modules.model.isa import isa_scaled, isa_scaled_weights, mask_bias
 
 LEVELS = ("video_sentence", "frame_sentence", "patch_word")
 # Tensors of the patch-word block's size alive at once (G / tau, two softmax outputs, the mixed weights, a product).

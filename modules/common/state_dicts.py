@@ -1,7 +1,7 @@
 """Strict comparison of state dicts, with one error that lists what differs."""
 from __future__ import annotations
 
-from .errors import CheckpointError
+from modules.common.errors import CheckpointError
 
 
 def check_compatible(expected: dict, given: dict, source: str, what: str = "this model", hint: str = "") -> None:

@@ -6,23 +6,17 @@ published code's (mapped by ``modules.published``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-import random
 import tempfile
 from typing import Any, BinaryIO, Callable, Optional
 
-import numpy as np
 import torch
-from torch import nn
 
-from .errors import CheckpointError
-from .state_dicts import check_compatible
+from modules.common.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
-FORMAT = "ucofia-checkpoint-v1"
-
-
 class WriteError(CheckpointError, OSError):
     """A file that could not be written (full disk, quota, permissions): a user error, and still an ``OSError``."""
 
@@ -115,77 +109,19 @@ def read_checkpoint(path: str) -> dict:
     return obj
 
 
-def model_state_from(obj: dict, model: nn.Module, path: str) -> dict:
-    """The model state dict inside a checkpoint of ours, a bare state dict of ours, or a published-code one."""
-    from .published import import_published_state_dict, is_published_state_dict
-
-    if obj.get("format") == FORMAT:
-        state = obj["model"]
-    elif not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: neither a checkpoint of this project nor a state dict of tensors")
-    elif is_published_state_dict(obj):
-        logger.info("%s: importing a checkpoint of the published UCoFiA code", path)
-        state = import_published_state_dict(obj, model)
-    else:
-        state = obj
-    check_finite(state, path)
-    return state
+def prepare_output_dir(path: str) -> None:
+    """Create the folder and prove it is writable before any work starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--output_dir {path} is not writable ({e.strerror or e})") from None
 
 
-def check_finite(state: dict, path: str) -> None:
-    """Refuse weights holding NaN or inf: they would only surface later as a non-finite loss or NaN scores."""
-    bad = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-                 and not bool(torch.isfinite(v).all()))
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values ({shown}); the file is corrupt "
-                              "or comes from a diverged run")
-
-
-def load_model_weights(model: nn.Module, path: str) -> dict:
-    """Strictly load weights from ``path`` into ``model``; returns the file's contents."""
-    obj = read_checkpoint(path)
-    state = model_state_from(obj, model, path)
-    check_compatible(model.state_dict(), state, path, "this model's architecture")
-    model.load_state_dict(state, strict=True)
-    return obj
-
-
-def capture_rng() -> dict:
-    """RNG states of torch (CPU and CUDA), numpy and Python as tensors (loadable with ``weights_only``)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    out = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": torch.tensor(py_state[1], dtype=torch.int64),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def training_checkpoint(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], *, epoch: int, epoch_step: int,
-                        global_step: int, config: dict, history: list, best: Optional[dict]) -> dict:
-    """Everything needed to resume; ``epoch`` is the epoch in progress and ``epoch_step`` the batches done in it."""
-    return {
-        "format": FORMAT,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": epoch,
-        "epoch_step": epoch_step,
-        "global_step": global_step,
-        "config": config,
-        "rng": capture_rng(),
-        "history": history,
-        "best": best,
-    }
+def write_json(obj, path: str) -> None:
+    """Atomically: a reader never sees half a file, and a full disk leaves the previous one as it was."""
+    text = json.dumps(obj, indent=2, default=str)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

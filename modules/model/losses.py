@@ -10,15 +10,15 @@ with 2 n_r N instead of N^2 scores per rank. The mean of W l_r over ranks is L, 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_gather_with_grad, gather_sizes, get_rank, get_world_size
+from modules.common.distributed import all_gather_with_grad, gather_sizes, get_rank, get_world_size
+from modules.model.features import TextFeatures, VideoFeatures
 
-if TYPE_CHECKING:
-    from .ucofia import TextFeatures, UCoFiA, VideoFeatures
+LevelScorer = Callable[[TextFeatures, VideoFeatures], dict[str, torch.Tensor]]
 
 
 def combine_levels(levels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -26,11 +26,11 @@ def combine_levels(levels: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(levels.values())).mean(dim=0)
 
 
-def symmetric_infonce(model: "UCoFiA", text: "TextFeatures", video: "VideoFeatures") -> torch.Tensor:
+def symmetric_infonce(similarity_levels: LevelScorer, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
     """This rank's share of the global-batch loss (text i matches video i).
 
     Args:
-        model: provides ``similarity_levels``.
+        similarity_levels: (text, video) -> {level: [Nt, Nv] logits}, e.g. ``UCoFiA.similarity_levels``.
         text, video: this rank's features, paired row by row.
     Returns:
         Scalar W l_r: backward on it, then DDP's averaging, gives the gradient of the global loss; its mean over
@@ -41,7 +41,7 @@ def symmetric_infonce(model: "UCoFiA", text: "TextFeatures", video: "VideoFeatur
         raise ValueError(f"the loss pairs text i with video i: got {n} texts and {len(video)} videos")
     world = get_world_size()
     if world == 1:
-        sim = combine_levels(model.similarity_levels(text, video))                # [N, N]
+        sim = combine_levels(similarity_levels(text, video))                # [N, N]
         loss = (F.cross_entropy(sim, torch.arange(n, device=sim.device))
                 + F.cross_entropy(sim.t(), torch.arange(n, device=sim.device))) / 2
         return loss
@@ -50,8 +50,8 @@ def symmetric_infonce(model: "UCoFiA", text: "TextFeatures", video: "VideoFeatur
     text_all = text.map(lambda t: all_gather_with_grad(t, sizes))
     video_all = video.map(lambda t: all_gather_with_grad(t, sizes))
     own = torch.arange(n, device=text.sentence.device)
-    rows = combine_levels(model.similarity_levels(text, video_all))              # [n, N]
-    cols = combine_levels(model.similarity_levels(text_all, video))              # [N, n]
+    rows = combine_levels(similarity_levels(text, video_all))              # [n, N]
+    cols = combine_levels(similarity_levels(text_all, video))              # [N, n]
     text_to_video = -F.log_softmax(rows, dim=1)[own, offset + own]               # [n]
     video_to_text = -F.log_softmax(cols, dim=0)[offset + own, own]               # [n]
     local = (text_to_video.sum() + video_to_text.sum()) / (2 * total)

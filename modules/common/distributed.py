@@ -80,3 +80,11 @@ def all_gather_with_grad(tensor: torch.Tensor, sizes: Optional[Sequence[int]] = 
     if not tensor.requires_grad:
         return _all_gather_rows(tensor, sizes)
     return _AllGatherWithGrad.apply(tensor, sizes)
+
+
+def all_gather_rows(local: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate every rank's slices along ``dim`` in rank order, without gradient; sizes may differ between ranks."""
+    if not is_distributed():
+        return local
+    rows = local.movedim(dim, 0).contiguous()
+    return _all_gather_rows(rows, gather_sizes(rows.shape[0], rows.device)).movedim(0, dim)
