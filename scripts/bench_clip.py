@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import run_benchmark  # noqa: E402
+
 from modules.model.clip import Attention, build_random_clip  # noqa: E402
 
 
@@ -57,13 +59,18 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
     return statistics.median(times), out
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ViT-B/32")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    return run_benchmark(args, lambda a: run(a, argv), counts=("frames", "repeats"))
+
+
+def run(args: argparse.Namespace, argv) -> int | None:
+    """The benchmark behind ``main``, on checked flags."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_random_clip(args.arch).to(device).eval()
@@ -81,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import run_benchmark  # noqa: E402
+
 from modules.evaluation.encoding import LEVELS, combine, sk_biases  # noqa: E402
 from modules.model.clip import ARCHITECTURES, CLIP  # noqa: E402
 from modules.model.features import TextFeatures, VideoFeatures  # noqa: E402
@@ -44,7 +46,7 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bank", type=int, default=20000, help="bank captions")
     parser.add_argument("--videos", type=int, default=1000)
@@ -52,6 +54,11 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk", type=int, default=2000, help="bank captions per chunk (as encoded batches)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    return run_benchmark(args, lambda a: run(a, argv), counts=("bank", "videos", "texts", "chunk"))
+
+
+def run(args: argparse.Namespace, argv) -> int | None:
+    """The benchmark behind ``main``, on checked flags."""
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
@@ -100,4 +107,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

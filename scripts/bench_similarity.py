@@ -27,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
+from benchlib import peak_rss_mb, rss_mb, run_benchmark, run_roles, save_role  # noqa: E402
 
 from modules.model.similarity import LevelHead  # noqa: E402
 from modules.model.temporal import TemporalTransformer  # noqa: E402
@@ -149,7 +149,7 @@ def child(args) -> None:
     save_role(args.out, args.role, stats, levels)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--videos", type=int, default=1000)
@@ -166,6 +166,12 @@ def main(argv=None) -> None:
     parser.add_argument("--role", choices=["ours", "ours_masked", "published"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    counts = ("texts", "videos", "words", "frames", "topk", "dim", "block_mb", "baseline_block", "threads")
+    return run_benchmark(args, lambda a: run(a, argv), counts=counts)
+
+
+def run(args: argparse.Namespace, argv) -> int | None:
+    """The benchmark behind ``main``, on checked flags."""
     if args.role:
         return child(args)
     stats, levels = run_roles(__file__, argv, ("ours", "ours_masked", "published"))
@@ -192,4 +198,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
+from benchlib import peak_rss_mb, rss_mb, run_benchmark, run_roles, save_role  # noqa: E402
 
+from modules.common.errors import ConfigError  # noqa: E402
 from modules.model.token_selection import perturbed_topk  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def child(args) -> None:
               {"out": out.detach(), "grad": scores.grad})
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=384, help="frames in the batch (videos x max_frames)")
     parser.add_argument("--patches", type=int, default=49)
@@ -82,6 +83,14 @@ def main(argv=None) -> None:
     parser.add_argument("--role", choices=["ours", "one_hot"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    counts = ("rows", "patches", "k", "samples", "repeats", "threads")
+    return run_benchmark(args, lambda a: run(a, argv), counts=counts, positive=("sigma",))
+
+
+def run(args: argparse.Namespace, argv) -> int | None:
+    """The benchmark behind ``main``, on checked flags."""
+    if args.k > args.patches:
+        raise ConfigError(f"--k {args.k} is more than the {args.patches} patches to choose from")
     if args.role:
         return child(args)
     stats, results = run_roles(__file__, argv, ("one_hot", "ours"))
@@ -98,4 +107,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

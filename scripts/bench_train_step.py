@@ -15,7 +15,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import peak_rss_mb, run_roles, save_role  # noqa: E402
+from benchlib import peak_rss_mb, run_benchmark, run_roles, save_role  # noqa: E402
+
+from modules.common.errors import ConfigError  # noqa: E402
 
 MODES = ("fp32", "bf16", "legacy_fp16")
 
@@ -69,7 +71,7 @@ def child(args) -> None:
                                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="tiny", help="CLIP architecture (random weights): tiny, ViT-B/32, ...")
     parser.add_argument("--clips", type=int, default=8, help="clips per step (per GPU)")
@@ -82,6 +84,14 @@ def main(argv=None) -> None:
     parser.add_argument("--role", choices=MODES, help=argparse.SUPPRESS)  # the precision a child process runs
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    return run_benchmark(args, lambda a: run(a, argv), counts=("clips", "frames", "words", "steps"))
+
+
+def run(args: argparse.Namespace, argv) -> int | None:
+    """The benchmark behind ``main``, on checked flags."""
+    unknown = sorted(set(args.modes.split(",")) - set(MODES))
+    if unknown:
+        raise ConfigError(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if args.role:
         return child(args)
     stats, _ = run_roles(__file__, argv, args.modes.split(","), load_tensors=False, keep_going=True)
@@ -99,4 +109,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

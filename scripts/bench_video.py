@@ -24,6 +24,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import run_benchmark  # noqa: E402
 
 from modules.data import DataConfig, build_split, load_video  # noqa: E402
 from modules.data.synthetic import generate  # noqa: E402
@@ -125,11 +126,16 @@ def loader_rate(folder: str, workers: int, batch_size: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best is reported)")
     parser.add_argument("--synthetic", type=int, default=64, help="training videos in the dataloader benchmark")
     args = parser.parse_args(argv)
+    return run_benchmark(args, lambda a: run(a, argv), counts=("repeats", "synthetic"))
+
+
+def run(args: argparse.Namespace, argv) -> int | None:
+    """The benchmark behind ``main``, on checked flags."""
     try:
         import imageio_ffmpeg
         ffmpeg = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()

@@ -4,15 +4,21 @@ A fresh process per side keeps one side's allocations, caches and peak memory ou
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modules.common.errors import ConfigError  # noqa: E402
+from modules.common.runtime import run_entry  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -57,3 +63,33 @@ def save_role(out: str, role: str, stats: dict, tensors: object = None) -> None:
     with open(os.path.join(out, f"{role}.json"), "w") as f:
         json.dump(stats, f)
 
+
+
+def run_benchmark(args: argparse.Namespace, body: Callable[[argparse.Namespace], Any], counts: Sequence[str] = (),
+                  positive: Sequence[str] = ()) -> int:
+    """Run a benchmark as the entry points run: its flags checked first, a user error one line with exit status 2.
+
+    Args:
+        args: the parsed flags; ``args.device``, when present, must name a device this machine has.
+        body: the benchmark.
+        counts: flags that count something (at least 1).
+        positive: flags that must be finite and above 0.
+    """
+    def run() -> int:
+        for name in counts:
+            if getattr(args, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+        for name in positive:
+            value = getattr(args, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name} must be a positive number, got {value}")
+        if getattr(args, "device", None) is not None:
+            try:
+                device = torch.device(args.device)
+            except RuntimeError:
+                raise ConfigError(f"--device {args.device!r} is not a device name (cpu, cuda, cuda:1)") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"--device {args.device} requested but no CUDA device is available")
+        return body(args) or 0
+
+    return run_entry(run)

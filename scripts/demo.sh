@@ -15,6 +15,17 @@ EPOCHS=${DEMO_EPOCHS:-7}
 CLIP=${DEMO_CLIP:-random:tiny}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+for knob in "DEMO_TRAIN=$TRAIN" "DEMO_TEST=$TEST" "DEMO_EPOCHS=$EPOCHS"; do
+    value=${knob#*=}
+    case "$value" in
+        ''|*[!0-9]*) value=0 ;;
+    esac
+    if [ "$value" -lt 1 ]; then
+        echo "error: $knob: expected a whole number of at least 1" >&2
+        exit 2
+    fi
+done
+
 # The demo only ever deletes a folder it made itself (marked by .ucofia_demo).
 if [ -e "$OUT" ] && [ ! -e "$OUT/.ucofia_demo" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
     echo "error: $OUT exists and was not made by the demo; set DEMO_DIR to another folder" >&2
@@ -28,25 +39,28 @@ START=$(date +%s)
 if [ "$CLIP" = "random:tiny" ]; then
     # From scratch: one learning rate for every parameter and nothing frozen (the published recipe's small CLIP
     # learning rate and frozen embeddings assume OpenAI's trained weights).
-    RECIPE="--lr 1e-3 --coef_lr 1 --freeze_layer_num -1 --batch_size 32"
-    WORDS=16
+    LR=1e-3; COEF_LR=1; FREEZE=-1; BATCH=32; WORDS=16
 else
-    RECIPE="--lr 1e-4 --coef_lr 1e-3 --freeze_layer_num 0 --batch_size 16"
-    WORDS=32
+    LR=1e-4; COEF_LR=1e-3; FREEZE=0; BATCH=16; WORDS=32
 fi
-DATA="--datatype msrvtt --train_csv $OUT/data/train.csv --val_csv $OUT/data/test.csv
-      --data_path $OUT/data/data.json --features_path $OUT/data/videos --max_words $WORDS --max_frames 4
-      --num_thread_reader 2"
+
+# Runs "$@" with the dataset flags; every path is quoted, so DEMO_DIR may hold spaces.
+with_data() {
+    "$@" --datatype msrvtt --train_csv "$OUT/data/train.csv" --val_csv "$OUT/data/test.csv" \
+        --data_path "$OUT/data/data.json" --features_path "$OUT/data/videos" --max_words "$WORDS" --max_frames 4 \
+        --num_thread_reader 2 --batch_size_val 32
+}
 
 echo "== 1/4 synthetic set: $TRAIN training and $TEST test videos in $OUT/data"
 python "$ROOT/scripts/make_synthetic.py" --out "$OUT/data" --train "$TRAIN" --test "$TEST" --seed 0
 echo "== 2/4 training UCoFiA on $CLIP for $EPOCHS epochs ($OUT/train)"
-python -m train.main --do_train $DATA $RECIPE --pretrained_clip_name "$CLIP" --epochs "$EPOCHS" \
-    --expand_msrvtt_sentences --batch_size_val 32 --n_display 20 --output_dir "$OUT/train"
+with_data python -m train.main --do_train --lr "$LR" --coef_lr "$COEF_LR" --freeze_layer_num "$FREEZE" \
+    --batch_size "$BATCH" --pretrained_clip_name "$CLIP" --epochs "$EPOCHS" --expand_msrvtt_sentences \
+    --n_display 20 --output_dir "$OUT/train"
 echo "== 3/4 text-to-video retrieval with SK-norm (bank: every training caption)"
-python -m eval_t2v.main $DATA --init_model "$OUT/train/checkpoints/last.pth" --batch_size_val 32 --output_dir "$OUT/eval"
+with_data python -m eval_t2v.main --init_model "$OUT/train/checkpoints/last.pth" --output_dir "$OUT/eval"
 echo "== 4/4 video-to-text retrieval with SK-norm (bank: every training video)"
-python -m eval_v2t.main $DATA --init_model "$OUT/train/checkpoints/last.pth" --batch_size_val 32 --output_dir "$OUT/eval"
+with_data python -m eval_v2t.main --init_model "$OUT/train/checkpoints/last.pth" --output_dir "$OUT/eval"
 
 echo
 echo "UCoFiA demo: $CLIP trained on $TRAIN synthetic videos for $EPOCHS epochs, last epoch's checkpoint," \

@@ -15,6 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from modules.common.errors import ConfigError  # noqa: E402
+from modules.common.io import prepare_output_dir  # noqa: E402
+from modules.common.runtime import run_entry  # noqa: E402
 from modules.data.synthetic import generate  # noqa: E402
 
 
@@ -25,13 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=50, help="number of test videos")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same set")
     args = parser.parse_args(argv)
-    if args.train < 1 or args.test < 1:
-        parser.error("--train and --test must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.time()
-    generate(args.out, args.train, args.test, args.seed)
-    logging.info("done in %.1f s: %s/{train.csv,test.csv,data.json,videos/}", time.time() - start, args.out)
-    return 0
+
+    def run() -> int:
+        if args.train < 1 or args.test < 1:
+            raise ConfigError(f"--train and --test must be at least 1 (got {args.train}, {args.test})")
+        prepare_output_dir(args.out, "--out")
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        start = time.time()
+        generate(args.out, args.train, args.test, args.seed)
+        logging.info("done in %.1f s: %s/{train.csv,test.csv,data.json,videos/}", time.time() - start, args.out)
+        return 0
+
+    return run_entry(run)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 ``index`` encodes every video under DIR (recursively) once and caches the features in FILE (default
 DIR/ucofia_index.pt); a later run, and ``search``, which brings the index up to date first, encode only the files that
 are new or changed (path, size, modification time) and everything again only for another checkpoint or other settings.
-Undecodable files are skipped with a warning and counted. ``rank`` orders the captions of a text file (one per line)
-for one video.
+Undecodable files (and FIFOs or devices named like videos, which are never opened) are skipped with a warning and
+counted. ``rank`` orders the captions of a text file (one per line, UTF-8) for one video. A query or caption is cut to
+``max_words`` tokens, as in training; tokenizing stops there, so a very long one costs no more than a short one.
 
 Scores are the model's logits per level (video_sentence, frame_sentence, patch_word) and their mean, ``overall``:
 the raw score of eval_t2v / eval_v2t. SK-norm, the paper's protocol, needs a bank of training captions or videos, so
@@ -30,8 +31,11 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 from modules.common.errors import ConfigError, DataError  # noqa: E402
+from modules.common.io import not_a_regular_file  # noqa: E402
 from modules.common.runtime import run_entry, setup, setup_logging  # noqa: E402
 from modules.data import list_videos  # noqa: E402
+from modules.data.annotations import check_caption, read_lines  # noqa: E402
+from modules.data.files import require_video_file  # noqa: E402
 from modules.evaluation.retrieval import (
     Tool,
     VideoIndex,
@@ -91,13 +95,14 @@ def table(title: str, scores: dict[str, torch.Tensor], names: Sequence[str], wha
 
 
 def read_captions(path: str) -> list[str]:
-    if not os.path.isfile(path):
+    """The non-empty lines of a text file (UTF-8, with or without a byte-order mark), each checked as a caption."""
+    if not_a_regular_file(path) == "missing":
         raise DataError(f"{path}: no such captions file")
-    with open(path, encoding="utf-8") as f:
-        captions = [line.strip() for line in f if line.strip()]
+    captions = read_lines(path)
     if not captions:
         raise DataError(f"{path}: no captions (one per line expected)")
-    return captions
+    return [check_caption(c, path, f"line {k + 1} (not counting empty lines)") for k, c in enumerate(captions)]
+
 
 
 def run_index(args: argparse.Namespace, tool: Tool, files: list[str]) -> VideoIndex:
@@ -137,9 +142,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         # Bad paths and flags fail before the model loads.
         if args.command != "rank" and (args.batch_size < 1 or args.workers < 0):
             raise ConfigError("--batch_size must be at least 1 and --workers at least 0")
+        if args.command != "index" and args.top_k < 0:
+            raise ConfigError(f"--top_k must be at least 0 (0: all), got {args.top_k}")
         if args.command == "rank":
-            if not os.path.isfile(args.video):
-                raise DataError(f"{args.video}: no such video file")
+            require_video_file(args.video)
             captions = read_captions(args.captions)
         else:
             files = list_videos(args.videos)

@@ -2,27 +2,63 @@
 
     python scripts/summarize_results.py OUTPUT_DIR [OUTPUT_DIR ...]
 
-Each folder is searched for the two results files that ``eval_t2v`` and ``eval_v2t`` write.
+Each folder is searched for the two results files that ``eval_t2v`` and ``eval_v2t`` write. A file that is not
+such a results file (truncated, not JSON, missing fields) is named in a one-line error.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from modules.common.errors import ConfigError, DataError  # noqa: E402
+from modules.common.runtime import run_entry  # noqa: E402
+from modules.data.annotations import read_json  # noqa: E402
 
 ROWS = (("raw", "raw"), ("sk_norm", "SK-norm"), ("dsl", "DSL*"))
 NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
+METRICS = ("R1", "R5", "R10", "MdR", "MnR")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_results(res: Any, path: str) -> dict:
+    """``res`` if it has what the table prints, else DataError naming the file and the first thing missing."""
+    problem = None
+    if not isinstance(res, dict):
+        problem = f"a {type(res).__name__}, not an object"
+    elif res.get("direction") not in NAMES:
+        problem = f"'direction' is {res.get('direction')!r}, not t2v or v2t"
+    elif not all(isinstance(res.get(k), int) and res[k] > 0 for k in ("num_texts", "num_videos")):
+        problem = "'num_texts' and 'num_videos' are not positive counts"
+    elif not isinstance(res.get("metrics"), dict):
+        problem = "no 'metrics'"
+    else:
+        for key, _ in ROWS:
+            row = res["metrics"].get(key)
+            if not isinstance(row, dict) or not all(_number(row.get(m)) for m in METRICS):
+                problem = f"'metrics.{key}' lacks one of {', '.join(METRICS)}"
+                break
+    if problem:
+        raise DataError(f"{path}: not a results file of eval_t2v / eval_v2t ({problem})")
+    return res
 
 
 def load(folders: list[str]) -> list[dict]:
     found = []
     for folder in folders:
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{folder}: not a folder (give the --output_dir of an evaluation)")
         for direction in ("t2v", "v2t"):
             path = os.path.join(folder, f"results_{direction}.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    found.append(json.load(f))
+            if os.path.exists(path):
+                found.append(check_results(read_json(path), path))
     return found
 
 
@@ -43,12 +79,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+")
     args = parser.parse_args(argv)
-    results = load(args.folders)
-    if not results:
-        print(f"error: no results_t2v.json or results_v2t.json in {', '.join(args.folders)}", file=sys.stderr)
-        return 2
-    print(table(results))
-    return 0
+
+    def run() -> int:
+        results = load(args.folders)
+        if not results:
+            raise DataError(f"no results_t2v.json or results_v2t.json in {', '.join(args.folders)}")
+        print(table(results))
+        return 0
+
+    return run_entry(run)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,15 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
 
 from modules.common.errors import ConfigError, DataError  # noqa: E402
+from modules.common.io import prepare_output_dir  # noqa: E402
 from modules.common.runtime import (  # noqa: E402
     autocast_context,  # noqa: E402
     run_entry,
     setup,
     setup_logging,
 )
-from modules.data.transforms import clip_frames, resize_center_crop  # noqa: E402
+from modules.data.files import require_video_file  # noqa: E402
+from modules.data.transforms import clip_frames  # noqa: E402
 from modules.data.video import load_video_raw, probe_video  # noqa: E402
 from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides  # noqa: E402
 from modules.model.similarity import LEVELS  # noqa: E402
@@ -238,8 +240,8 @@ def explain_video(tool: Tool, video_path: str, caption: str) -> tuple[Explanatio
     Returns:
         the explanation (CPU), the n real frames as RGB crops [n, R, R, 3], their times in seconds, token labels.
     """
-    frames, indices = load_video_raw(video_path, tool.data)
     res = tool.data.image_resolution
+    frames, indices = load_video_raw(video_path, tool.data, resolution=res)    # [n, R, R, 3]: the crops
     video, video_mask = clip_frames(frames, res, tool.data.max_frames)         # [F, 3, R, R], [F]
     ids = tokenize(caption, tool.data.max_words)                                # [1, L]
     device = tool.rt.device
@@ -250,7 +252,7 @@ def explain_video(tool: Tool, video_path: str, caption: str) -> tuple[Explanatio
                           for k, v in vars(expl).items()})
     fps = probe_video(video_path).fps
     real = int(expl.word_mask.sum())
-    return expl, resize_center_crop(frames, res), [i / fps for i in indices], token_labels(ids[0, :real].tolist())
+    return expl, frames, [i / fps for i in indices], token_labels(ids[0, :real].tolist())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -264,12 +266,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def run() -> int:
         setup_logging(0)
-        if not os.path.isfile(args.video):
-            raise DataError(f"{args.video}: no such video file")
+        require_video_file(args.video)
         if not args.caption.strip():
             raise ConfigError("--caption is empty")
         if not args.out.lower().endswith(".png"):
             raise ConfigError(f"--out {args.out}: expected a .png file name")
+        prepare_output_dir(os.path.dirname(os.path.abspath(args.out)), "--out")  # before the model loads
         tool = load_tool(args.checkpoint, setup(args.device, seed=0), tool_overrides(args), args.precision)
         expl, frames, times, labels = explain_video(tool, args.video, args.caption)
         cfg = tool.model.config
@@ -279,7 +281,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         subtitle = (f"{os.path.basename(args.video)}: {len(frames)} frames sampled (max {cfg.max_frames}); "
                     f"top-K {cfg.eval_topk}, K = {cfg.topk}; checkpoint {os.path.basename(args.checkpoint)}{cut}")
         img = render(expl, frames, times, labels, args.caption, subtitle, tool.model.clip.config.grid_size)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         if not cv2.imwrite(args.out, img):
             raise DataError(f"{args.out}: could not write the picture")
         print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]}): " +

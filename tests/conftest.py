@@ -24,3 +24,15 @@ def synthetic_set(tmp_path_factory) -> str:
     folder = str(tmp_path_factory.mktemp("synthetic"))
     generate(folder, n_train=32, n_test=12, seed=0)
     return folder
+
+
+@pytest.fixture(scope="session")
+def one_step_checkpoint(synthetic_set, tmp_path_factory) -> str:
+    """A checkpoint of train.main after one step (tiny CLIP, 4 frames, 16 words): real format, saved settings."""
+    from helpers import tiny_flags
+
+    from train.main import main as train_main
+
+    out = str(tmp_path_factory.mktemp("tools_ckpt"))
+    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1", "--max_steps", "1"]) == 0
+    return os.path.join(out, "checkpoints", "last.pth")

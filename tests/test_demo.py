@@ -6,7 +6,7 @@ from helpers import ROOT
 
 
 def test_demo_runs_and_prints_the_table(tmp_path):
-    out = tmp_path / "demo"
+    out = tmp_path / "my demo"  # a space in DEMO_DIR: every path is quoted
     env = dict(os.environ, DEMO_DIR=str(out), DEMO_TRAIN="40", DEMO_TEST="12", DEMO_EPOCHS="1", OMP_NUM_THREADS="2")
     run = subprocess.run(["sh", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -19,3 +19,11 @@ def test_demo_runs_and_prints_the_table(tmp_path):
     # A folder the demo did not make is never deleted: refused.
     assert subprocess.run(["sh", "scripts/demo.sh"], cwd=ROOT, env=dict(env, DEMO_DIR=str(tmp_path)),
                           capture_output=True, text=True).returncode == 2
+
+
+def test_demo_refuses_knobs_that_are_not_counts(tmp_path):
+    for knob, value in (("DEMO_TRAIN", "abc"), ("DEMO_EPOCHS", "0"), ("DEMO_TEST", "-3")):
+        run = subprocess.run(["sh", "scripts/demo.sh"], cwd=ROOT, env=dict(os.environ, DEMO_DIR=str(tmp_path / "d"),
+                             **{knob: value}), capture_output=True, text=True)
+        assert run.returncode == 2 and run.stderr == f"error: {knob}={value}: expected a whole number of at least 1\n"
+        assert not os.path.exists(tmp_path / "d")

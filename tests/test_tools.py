@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_flags
 
 from modules.data import DataConfig, load_video
 from modules.model.build import build_model_from_checkpoint
@@ -19,7 +18,6 @@ from modules.model.tokenizer import text_mask, tokenize
 from modules.model.ucofia import ModelConfig, UCoFiA
 from scripts.retrieve import main as retrieve
 from scripts.visualize import main as visualize
-from train.main import main as train_main
 
 LEVELS = ("video_sentence", "frame_sentence", "patch_word")
 CPU = ["--device", "cpu"]
@@ -82,11 +80,8 @@ def test_isa_weights_by_hand():
 # --- scripts/retrieve.py --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def checkpoint(synthetic_set, tmp_path_factory) -> str:
-    """A checkpoint of train.main after one step (tiny CLIP, 4 frames, 16 words): real format, saved settings."""
-    out = str(tmp_path_factory.mktemp("tools_ckpt"))
-    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1", "--max_steps", "1"]) == 0
-    return os.path.join(out, "checkpoints", "last.pth")
+def checkpoint(one_step_checkpoint) -> str:
+    return one_step_checkpoint
 
 
 def _test_captions(folder: str) -> dict[str, str]:

@@ -157,8 +157,8 @@ def read_checkpoint(path: str) -> dict:
     return obj
 
 
-def prepare_output_dir(path: str) -> None:
-    """Create the folder and prove it is writable before any work starts."""
+def prepare_output_dir(path: str, flag: str = "--output_dir") -> None:
+    """Create the folder and prove it is writable before any work starts (``flag`` names it in the error)."""
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write_test_{os.getpid()}")
@@ -166,7 +166,7 @@ def prepare_output_dir(path: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(f"--output_dir {path} is not writable ({e.strerror or e})") from None
+        raise ConfigError(f"{flag} {path} is not writable ({e.strerror or e})") from None
 
 
 def write_json(obj, path: str) -> None:

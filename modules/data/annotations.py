@@ -47,7 +47,7 @@ def _must_exist(path: str) -> None:
     if kind == "missing":
         raise DataError(f"{path}: annotation file not found")
     if kind:
-        raise DataError(f"{path}: not a regular file ({kind}); an annotation file is expected")
+        raise DataError(f"{path}: not a regular file ({kind})")
 
 
 def shown(text: str) -> str:
@@ -73,7 +73,8 @@ def read_json(path: str) -> Any:
         with open(path, encoding=TEXT_ENCODING) as f:
             return json.load(f, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        message = e.msg.removesuffix(" at")  # "Unterminated string starting at" + " at line ..."
+        raise DataError(f"{path}: not valid JSON ({message} at line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from torch.utils.data import Dataset
 
 from modules.common.errors import DataError
+from modules.common.io import not_a_regular_file
 from modules.data.annotations import VIDEO_EXTENSIONS
 from modules.data.video import load_video
 
@@ -17,13 +18,19 @@ logger = logging.getLogger(__name__)
 def list_videos(root: str) -> list[str]:
     """Video files under ``root`` (recursive, sorted), or ``[root]`` when it is a file.
 
+    Entries that are not regular files (a FIFO named ``x.mp4``) are listed too: decoding refuses them without
+    opening them, so a tool skips and counts them like any unreadable file instead of waiting on a FIFO forever.
+
     Raises:
         DataError: the path does not exist or holds no video file.
     """
-    if os.path.isfile(root):
+    kind = not_a_regular_file(root)
+    if not kind:
         return [root]
-    if not os.path.isdir(root):
+    if kind == "missing":
         raise DataError(f"{root}: no such file or folder")
+    if kind != "a folder":
+        raise DataError(f"{root}: not a video file or folder ({kind})")
     found = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -32,6 +39,13 @@ def list_videos(root: str) -> list[str]:
     if not found:
         raise DataError(f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
     return found
+
+
+def require_video_file(path: str) -> None:
+    """DataError unless ``path`` is a regular file (a tool's ``--video``): missing, or a FIFO that would block."""
+    kind = not_a_regular_file(path)
+    if kind:
+        raise DataError(f"{path}: no such video file" if kind == "missing" else f"{path}: not a regular file ({kind})")
 
 
 class VideoFiles(Dataset):

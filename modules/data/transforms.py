@@ -17,6 +17,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# Beyond this aspect ratio (16:1; real videos stay under 4:1) the published order, resize then crop, would allocate a
+# resized frame of aspect * R^2 pixels (4.5 GB for one 16384x2 frame); such frames are cropped inside the resize.
+MAX_EXACT_ASPECT = 16
+
+
 def resize_center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
     """Shorter side to ``resolution`` (PIL bicubic), then the centred square.
 
@@ -28,19 +33,33 @@ def resize_center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
     """
     out = np.empty((len(frames), resolution, resolution, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        img = Image.fromarray(frame)
-        w, h = img.size
-        # torchvision's rule for an int size: the shorter side becomes R, the longer one int(R * long / short).
-        if w <= h:
-            new_w, new_h = resolution, int(resolution * h / w)
-        else:
-            new_w, new_h = int(resolution * w / h), resolution
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), Image.BICUBIC)
-        top = int(round((new_h - resolution) / 2.0))
-        left = int(round((new_w - resolution) / 2.0))
-        out[i] = np.asarray(img)[top:top + resolution, left:left + resolution]
+        out[i] = resize_center_crop_frame(frame, resolution)
     return out
+
+
+def resize_center_crop_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
+    """One frame uint8 [H, W, 3] -> [R, R, 3], as ``resize_center_crop``.
+
+    Up to ``MAX_EXACT_ASPECT`` the pixels are exactly torchvision's Resize + CenterCrop. Beyond, PIL resamples only
+    the source box that becomes the centred square (the same filter and scale; rounding may differ by a level), so
+    memory stays proportional to the output.
+    """
+    img = Image.fromarray(frame)
+    w, h = img.size
+    # torchvision's rule for an int size: the shorter side becomes R, the longer one int(R * long / short).
+    if w <= h:
+        new_w, new_h = resolution, int(resolution * h / w)
+    else:
+        new_w, new_h = int(resolution * w / h), resolution
+    top = int(round((new_h - resolution) / 2.0))
+    left = int(round((new_w - resolution) / 2.0))
+    if max(w, h) > MAX_EXACT_ASPECT * min(w, h):
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
+        return np.asarray(img.resize((resolution, resolution), Image.BICUBIC, box=box))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+    return np.asarray(img)[top:top + resolution, left:left + resolution]
 
 
 def normalize(frames: np.ndarray) -> torch.Tensor:

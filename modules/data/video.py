@@ -18,15 +18,16 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from modules.common.errors import DataError
+from modules.common.io import not_a_regular_file
 from modules.data.config import frames_per_second_or_step
-from modules.data.transforms import clip_frames, frame_order_permutation
+from modules.data.transforms import clip_frames, frame_order_permutation, resize_center_crop_frame
 
 # OpenCV seeks to the keyframe before (target - 16) and decodes forward (CvCapture_FFMPEG::seek).
 OPENCV_SEEK_BACKOFF = 16
@@ -42,6 +43,9 @@ HEADER_COUNT_SLACK_SECONDS = 1.0
 # milliseconds (or this fraction of the median spacing, whichever is larger) count as a constant frame rate.
 CONSTANT_RATE_TOLERANCE_MS = 1.5
 CONSTANT_RATE_TOLERANCE_FRACTION = 0.02
+# Frames above this many pixels are refused (8K UHD, 7680x4320, fits): one decoded frame of a 16384x16384 stream
+# takes 0.8 GB before any resizing.
+MAX_FRAME_PIXELS = 1 << 25
 
 
 @dataclass
@@ -120,6 +124,9 @@ class VideoReader:
 
     def __init__(self, path: str):
         self.path = path
+        kind = not_a_regular_file(path)
+        if kind and kind != "missing":  # opening a FIFO or a device would wait for a writer or never end
+            raise DataError(f"{path}: not a regular file ({kind})")
         self.params = [cv2.CAP_PROP_N_THREADS, 1] if _in_worker() else []
         try:
             self.cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, self.params)
@@ -133,16 +140,20 @@ class VideoReader:
         if n <= 0:
             # No count in the header: count by decoding (rare; streams without an index).
             n = count_frames(path)
+        width, height = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         problem = None
         if not math.isfinite(fps) or fps <= 0:
             problem = f"{path}: the video has no valid frame rate ({fps})"
         elif n <= 0:
             problem = f"{path}: the video has no decodable frames"
+        elif width * height > MAX_FRAME_PIXELS:
+            problem = (f"{path}: frames of {width}x{height} ({width * height / 1e6:.0f} megapixels) are above the "
+                       f"{MAX_FRAME_PIXELS / 1e6:.1f} this loader decodes; downscale the video "
+                       "(scripts/compress_video.py)")
         if problem:
             self.cap.release()
             raise DataError(problem)
-        self.info = VideoInfo(n, fps, int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                              int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.info = VideoInfo(n, fps, width, height)
         self._keyframes: list[int] | None = None
 
     def __enter__(self) -> "VideoReader":
@@ -169,11 +180,15 @@ class VideoReader:
         landing = keys[max(0, bisect.bisect_right(keys, max(0, target - OPENCV_SEEK_BACKOFF)) - 1)]
         return SEEK_OVERHEAD_FRAMES + (target - landing) < target - self.pos
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Decode the frames at ``indices`` (any order, repeats allowed).
 
+        Args:
+            indices: frame positions.
+            transform: applied to each RGB frame as soon as it is decoded (e.g. the resize to the model's input), so
+                that memory holds the kept frames in their final size, not every decoded frame.
         Returns:
-            uint8 [len(indices), H, W, 3] RGB.
+            uint8 [len(indices), H, W, 3] RGB, or what ``transform`` makes of each frame.
         Raises:
             FrameReadError: a requested frame is past the real end of the stream.
         """
@@ -183,12 +198,12 @@ class VideoReader:
         if targets[0] < 0:
             raise ValueError(f"negative frame index {targets[0]}")
         try:
-            frames = self._read_sorted(targets)
+            frames = self._read_sorted(targets, transform)
         except cv2.error as e:
             raise DataError(f"{self.path}: decoding failed ({str(e).strip().splitlines()[-1]})") from None
         return np.stack([frames[int(i)] for i in indices])
 
-    def _read_sorted(self, targets: list[int]) -> dict[int, np.ndarray]:
+    def _read_sorted(self, targets: list[int], transform) -> dict[int, np.ndarray]:
         scan = targets[-1] - self.pos > KEYFRAME_SCAN_MIN_FRAMES
         frames = {}
         for t in targets:
@@ -204,7 +219,8 @@ class VideoReader:
                 raise FrameReadError(f"{self.path}: frame {t} of {self.info.n_frames} is not decodable "
                                      "(truncated or corrupt file)", t)
             self.pos += 1
-            frames[t] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            frames[t] = transform(rgb) if transform is not None else rgb
         return frames
 
     def _seek(self, target: int) -> None:
@@ -304,7 +320,8 @@ def _sampling(cfg: Any) -> tuple[int, float, int]:
 
 
 def load_video_raw(path: str, cfg: Any, start: float | None = None, end: float | None = None,
-                   frame_order: int = 0, seed: int | Sequence[int] = 0) -> tuple[np.ndarray, list[int]]:
+                   frame_order: int = 0, seed: int | Sequence[int] = 0,
+                   resolution: int | None = None) -> tuple[np.ndarray, list[int]]:
     """Sampled frames of one video file as uint8, for tools (retrieval on your own videos, pictures).
 
     Args:
@@ -313,17 +330,20 @@ def load_video_raw(path: str, cfg: Any, start: float | None = None, end: float |
         start, end: optional clip window in seconds.
         frame_order: 0 normal, 1 reverse, 2 shuffled with ``seed``.
         seed: entropy for the shuffle.
+        resolution: resize and centre-crop each frame to R x R as it is decoded (``resize_center_crop``).
     Returns:
-        frames uint8 [n, H, W, 3] RGB (n <= max_frames), and their frame indices in the returned order.
+        frames uint8 [n, H, W, 3] RGB (n <= max_frames; [n, R, R, 3] with ``resolution``), and their frame indices
+        in the returned order.
     Raises:
         DataError: the file cannot be opened, has no frames in the window, or is truncated.
     """
     max_frames, rate, slice_framepos = _sampling(cfg)
+    transform = None if resolution is None else (lambda frame: resize_center_crop_frame(frame, resolution))
     with VideoReader(path) as reader:
         info = reader.info
         indices = sample_frame_indices(info.n_frames, info.fps, max_frames, rate, slice_framepos, start, end)
         try:
-            frames = reader.read(indices)
+            frames = reader.read(indices, transform)
         except FrameReadError as e:
             # The header may over-count by up to about a second (duration-based counts); beyond that the file is
             # truncated. Within the slack, the published loader simply stops at the last frame: do the same.
@@ -333,7 +353,7 @@ def load_video_raw(path: str, cfg: Any, start: float | None = None, end: float |
                                 f"{real} are decodable") from e
             indices = sample_frame_indices(real, info.fps, max_frames, rate, slice_framepos, start, end)
             with VideoReader(path) as again:
-                frames = again.read(indices)
+                frames = again.read(indices, transform)
     if not indices:
         raise DataError(f"{path}: no frames in the window [{start}, {end}] s of a {info.n_frames}-frame video")
     order = frame_order_permutation(len(indices), frame_order, seed)
@@ -349,5 +369,6 @@ def load_video(path: str, cfg: Any, start: float | None = None, end: float | Non
     Returns:
         video FloatTensor [F, 3, R, R] with F = cfg.max_frames, video_mask BoolTensor [F] (real frames first).
     """
-    frames, _ = load_video_raw(path, cfg, start, end, frame_order, seed)
-    return clip_frames(frames, int(getattr(cfg, "image_resolution", 224)), int(cfg.max_frames))
+    resolution = int(getattr(cfg, "image_resolution", 224))
+    frames, _ = load_video_raw(path, cfg, start, end, frame_order, seed, resolution)  # [n, R, R, 3]
+    return clip_frames(frames, resolution, int(cfg.max_frames))
