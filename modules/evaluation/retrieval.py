@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from modules.common.errors import CheckpointError, ConfigError, DataError
-from modules.common.io import atomic_save, read_checkpoint
+from modules.common.io import atomic_save, read_checkpoint, weights_file
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
 from modules.evaluation.encoding import EvalOptions, combine, gather_all, iter_video_features
@@ -53,9 +53,15 @@ class Tool:
 
 def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by the tools: checkpoint, device, precision and the model/sampling overrides."""
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.main (or the published one)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of train.main, an exported model folder, or the published checkpoint")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    add_setting_arguments(parser)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and frame-sampling overrides (see ``tool_overrides``)."""
     g = parser.add_argument_group("model settings (default: those saved in the checkpoint, else the published ones)")
     g.add_argument("--max_words", type=int)
     g.add_argument("--max_frames", type=int)
@@ -77,8 +83,9 @@ def tool_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _saved_config(path: str) -> dict:
-    """The ``config`` saved in a checkpoint of ours ({} for a bare state dict), without reading the weights."""
-    try:
+    """The ``config`` saved in a checkpoint of ours or an exported folder ({} for a bare state dict), without reading
+    the weights of a checkpoint file."""
+    try:  # a folder is no file: read_checkpoint below reads its config.json (and safetensors)
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
     except Exception:
         obj = read_checkpoint(path)  # raises the one-line CheckpointError for whatever is wrong
@@ -108,7 +115,7 @@ def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] 
     model, _ = build_model_from_checkpoint(checkpoint, model_cfg, precision, rt.device)
     data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
                       image_resolution=model.clip.config.image_resolution, **sampling)
-    stat = os.stat(checkpoint)
+    stat = os.stat(weights_file(checkpoint))
     ident = {"checkpoint": os.path.abspath(checkpoint), "size": stat.st_size, "mtime": stat.st_mtime_ns,
              "model": dataclasses.asdict(model_cfg), "precision": precision,
              "sampling": {k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)}}

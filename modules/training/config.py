@@ -18,6 +18,9 @@ from modules.model.ucofia import ModelConfig
 from modules.training.optim import OptimConfig
 
 PRECISIONS = ("fp32", "bf16", "legacy_fp16")
+ZERO_SHOT_HELP = ("evaluate plain CLIP from --pretrained_clip_name instead of a checkpoint: no UCoFiA head, the mean "
+                  "of the frame embeddings against the sentence embedding (the CLIP4Clip family's zero-shot "
+                  "baseline), with the same protocol, SK-norm and results file")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class RunConfig:
     sk_bank_size: int = 0                   # 0: the whole training split as SK bank; N: a fixed subsample of N
     save_sims: bool = False                 # write per-level test and bank similarity matrices as .npy
     feature_cache: Optional[str] = None     # folder caching encoded features, so a second run only scores
+    zero_shot: bool = field(default=False, metadata={"help": ZERO_SHOT_HELP})
     device: str = "auto"                    # auto | cpu | cuda
     extra: dict = field(default_factory=dict)
 
@@ -132,6 +136,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
     g.add_argument("--sk_bank_size", type=int, default=0, help="0: whole training split; N: fixed subsample")
     g.add_argument("--save_sims", action="store_true")
     g.add_argument("--feature_cache", default=None)
+    g.add_argument("--zero_shot", action="store_true", help=ZERO_SHOT_HELP)
     return p
 
 
@@ -160,7 +165,7 @@ def parse_args(argv: Optional[list[str]], mode: str) -> RunConfig:
                     freeze_layer_num=a.freeze_layer_num, skip_nonfinite_loss=a.skip_nonfinite_loss,
                     checkpoint_every=a.checkpoint_every, max_steps=a.max_steps, deterministic=a.deterministic,
                     sk_bank_size=a.sk_bank_size, save_sims=a.save_sims, feature_cache=a.feature_cache,
-                    device=a.device)
+                    zero_shot=a.zero_shot, device=a.device)
     validate(cfg)
     return cfg
 
@@ -190,6 +195,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--sk_bank_size must be 0 (whole split) or positive, got {cfg.sk_bank_size}")
     if cfg.resume_model and cfg.init_model:
         raise ConfigError("--resume_model and --init_model exclude each other: a resumed run restores its own weights")
+    if cfg.zero_shot and (cfg.mode == "train" or cfg.init_model or cfg.resume_model):
+        raise ConfigError("--zero_shot evaluates plain CLIP with eval_t2v / eval_v2t; it takes no --init_model or "
+                          "--resume_model and does not train")
     if not cfg.do_train and not cfg.do_eval:
         raise ConfigError("nothing to do: pass --do_train and/or --do_eval")
     if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):

@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import sys
 import time
 
 import torch
@@ -94,8 +96,12 @@ def _tensorboard(output_dir: str, rt: Runtime):
     return SummaryWriter(os.path.join(output_dir, "tensorboard"))
 
 
-def run_training(cfg: RunConfig, rt: Runtime) -> dict:
-    """Train (and validate every epoch); returns the final state's history and best entry."""
+def run_training(cfg: RunConfig, rt: Runtime, command: str = "") -> dict:
+    """Train (and validate every epoch); returns the final state's history and best entry.
+
+    ``command`` (the command line) is recorded with the configuration in ``config.json`` and every checkpoint,
+    together with the training split's fingerprint, so an exported model says how it was made and on what data.
+    """
     accumulation = cfg.gradient_accumulation_steps
     check_batch_layout(cfg, rt.world_size)
     ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
@@ -138,14 +144,15 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
         restore_rng(obj["rng"])
         logger.info("resumed from %s at epoch %d, step %d", cfg.resume_model, state.epoch + 1, state.epoch_step)
 
+    config_dict = dict(cfg.to_dict(), command=command, data_version=train_split.fingerprint())
     # Written only now that the data, the model and the checkpoints have been read: bad input leaves nothing behind.
     if rt.is_main:
         if cfg.resume_model:
             trim_steps_log(steps_log, state.global_step)
         elif os.path.exists(steps_log):
             os.remove(steps_log)
-        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
-        logger.info("resolved configuration: %s", json.dumps(cfg.to_dict(), default=str), extra={"file_only": True})
+        write_json(config_dict, os.path.join(cfg.output_dir, "config.json"))
+        logger.info("resolved configuration: %s", json.dumps(config_dict, default=str), extra={"file_only": True})
         logger.info("resolved configuration written to %s", os.path.join(cfg.output_dir, "config.json"))
 
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
@@ -153,7 +160,6 @@ def run_training(cfg: RunConfig, rt: Runtime) -> dict:
     loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
                                          collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda")
     writer = _tensorboard(cfg.output_dir, rt)
-    config_dict = cfg.to_dict()
 
     def save(name: str) -> None:
         if rt.is_main:
@@ -245,7 +251,7 @@ def train_main(argv) -> int:
         rt = setup(cfg.device, cfg.seed, cfg.deterministic)
         setup_logging(rt.rank, os.path.join(cfg.output_dir, "log.txt"))
         if cfg.do_train:
-            run_training(cfg, rt)
+            run_training(cfg, rt, "python -m train.main " + shlex.join(sys.argv[1:] if argv is None else argv))
             return 0
         if not cfg.init_model:
             raise ConfigError("--do_eval without --do_train needs --init_model")
