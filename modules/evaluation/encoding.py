@@ -23,7 +23,7 @@ from modules.common.runtime import Runtime, autocast_context, show_progress
 from modules.data import collate_skip_none
 from modules.data.samplers import ShardSampler, epoch_permutation
 from modules.evaluation.metrics import t2v_metrics, v2t_metrics
-from modules.evaluation.sinkhorn import sk_bias
+from modules.evaluation.sinkhorn import SK_ITERS, sk_bias
 from modules.model.features import TextFeatures, VideoFeatures
 
 logger = logging.getLogger("ucofia")
@@ -35,7 +35,7 @@ class EvalOptions:
     batch_size: int = 32        # per process, for encoding
     workers: int = 1
     precision: str = "fp32"
-    sk_iters: int = 4
+    sk_iters: int = SK_ITERS
     sk_bank_size: int = 0       # 0: whole training split
     seed: int = 42              # picks the bank subsample
 
@@ -221,3 +221,16 @@ def evaluate_directions(levels: dict[str, torch.Tensor], c2v: torch.Tensor, dire
     """Raw metrics of the mean of the levels, per direction (training-time validation)."""
     raw = combine(levels)
     return {d: metrics_for(raw, c2v, d) for d in directions}
+
+
+def validate_split(model, split, rt: Runtime, cfg) -> dict[str, dict[str, float]]:
+    """Raw (no normalisation) metrics of both directions on ``split``: the training run's per-epoch validation.
+
+    Args:
+        model: UCoFiA in eval mode.
+        cfg: run options (``batch_size_val`` global, ``num_thread_reader``, ``precision``).
+    """
+    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
+                       precision=cfg.precision)
+    feats = encode_test_set(model, split, rt, opts)
+    return evaluate_directions(score_test(model, feats, rt), feats.caption_to_video)

@@ -8,6 +8,7 @@ second run only scores. ``--zero_shot`` evaluates plain CLIP (``modules.model.ze
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from modules.common.errors import ConfigError
-from modules.common.io import atomic_save, atomic_write, read_checkpoint, weights_file, write_json
-from modules.common.runtime import Runtime
+from modules.common.io import atomic_save, atomic_write, prepare_output_dir, read_checkpoint, weights_file, write_json
+from modules.common.runtime import Runtime, run_entry, setup, setup_logging
 from modules.data import build_split
+from modules.evaluation.config import EvalConfig, parse_args
 from modules.evaluation.encoding import (
     EvalOptions,
     TestFeatures,
@@ -34,16 +36,15 @@ from modules.evaluation.encoding import (
     score_test,
     sk_biases,
 )
-from modules.model.build import build_model_from_checkpoint, build_zero_shot
+from modules.model.build import build_model_from_checkpoint, build_zero_shot, trained_settings
 from modules.model.features import TextFeatures, VideoFeatures
-from modules.training.config import RunConfig
 
 logger = logging.getLogger("ucofia")
 NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 BANK_SOURCE = {"t2v": "every caption of the training split", "v2t": "every video of the training split, once"}
 
 
-def _model_identity(cfg: RunConfig) -> dict:
+def _model_identity(cfg: EvalConfig) -> dict:
     """The weights evaluated: the checkpoint (or zero-shot CLIP's weights file) by path, size and modification time."""
     source = cfg.pretrained_clip_name if cfg.zero_shot else cfg.init_model
     if not os.path.exists(source):  # zero-shot random:<arch>: seeded, so the name identifies it
@@ -53,7 +54,7 @@ def _model_identity(cfg: RunConfig) -> dict:
             "mtime": stat.st_mtime_ns}
 
 
-def _cache_key(cfg: RunConfig, split_name: str) -> str:
+def _cache_key(cfg: EvalConfig, split_name: str) -> str:
     data = {k: v for k, v in vars(cfg.data).items() if k not in ("skip_bad_videos", "seed", "train_frame_order")}
     ident = {**_model_identity(cfg), "model": vars(cfg.model), "data": data, "split": split_name,
              "precision": cfg.precision}
@@ -95,7 +96,18 @@ def format_table(title: str, rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
+def settings_from_checkpoint(cfg: EvalConfig) -> None:
+    """Model settings (and caption / frame counts) the checkpoint was trained with, unless given explicitly; an
+    explicit flag that contradicts the checkpoint is an error naming both values."""
+    explicit = set(cfg.explicit)
+    cfg.model = trained_settings(cfg.init_model, cfg.model, explicit)
+    if (cfg.model.max_words, cfg.model.max_frames) != (cfg.data.max_words, cfg.data.max_frames):
+        logger.info("--max_words %d --max_frames %d, as the checkpoint was trained", cfg.model.max_words,
+                    cfg.model.max_frames)
+        cfg.data = dataclasses.replace(cfg.data, max_words=cfg.model.max_words, max_frames=cfg.model.max_frames)
+
+
+def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
     """Evaluate ``--init_model`` (or zero-shot CLIP) on the test split in one direction; returns the results dict
     (also written)."""
     if not cfg.init_model and not cfg.zero_shot:
@@ -106,6 +118,7 @@ def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
         model = build_zero_shot(cfg.pretrained_clip_name, cfg.model.max_words, cfg.model.max_frames, cfg.precision,
                                 rt.device)
     else:
+        settings_from_checkpoint(cfg)
         model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
     opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
                        precision=cfg.precision, sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
@@ -182,12 +195,8 @@ def matrix_items(split, feats: TestFeatures) -> dict:
 
 def eval_main(argv, direction: str) -> int:
     """Entry point body of ``eval_t2v`` / ``eval_v2t``; the two differ in ``direction`` only."""
-    from modules.common.io import prepare_output_dir
-    from modules.common.runtime import run_entry, setup, setup_logging
-    from modules.training.config import parse_args
-
     def run() -> int:
-        cfg = parse_args(argv, "eval_" + direction)
+        cfg = parse_args(argv, direction)
         prepare_output_dir(cfg.output_dir)
         rt = setup(cfg.device, cfg.seed, cfg.deterministic)
         setup_logging(rt.rank, os.path.join(cfg.output_dir, f"log_eval_{direction}.txt"))

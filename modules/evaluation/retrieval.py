@@ -27,7 +27,7 @@ from modules.common.io import atomic_save, read_checkpoint, weights_file
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
 from modules.evaluation.encoding import EvalOptions, combine, gather_all, iter_video_features
-from modules.model.build import build_model_from_checkpoint
+from modules.model.build import build_model_from_checkpoint, saved_config, trained_settings
 from modules.model.features import TextFeatures, VideoFeatures
 from modules.model.similarity import LEVELS
 from modules.model.tokenizer import text_mask, tokenize
@@ -82,30 +82,18 @@ def tool_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _saved_config(path: str) -> dict:
-    """The ``config`` saved in a checkpoint of ours or an exported folder ({} for a bare state dict), without reading
-    the weights of a checkpoint file."""
-    try:  # a folder is no file: read_checkpoint below reads its config.json (and safetensors)
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
-    except Exception:
-        obj = read_checkpoint(path)  # raises the one-line CheckpointError for whatever is wrong
-    config = obj.get("config") if isinstance(obj, dict) else None
-    return config if isinstance(config, dict) else {}
-
-
 def tool_settings(checkpoint: str, overrides: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
-    """Model settings and frame sampling a checkpoint was trained with, ``overrides`` (not None) winning.
+    """Model settings and frame sampling a checkpoint was trained with; an override (not None) of a trained model
+    setting must agree with the checkpoint, the eval-time ones (``--eval_topk``) and the sampling win.
 
     Returns:
         (ModelConfig, {"feature_framerate", "slice_framepos"}).
     """
-    saved = _saved_config(checkpoint)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = {k: v for k, v in (saved.get("model") or {}).items() if k in known}
-    model.update({k: overrides[k] for k in MODEL_FLAGS if overrides.get(k) is not None})
-    sampling = {k: v for k, v in (saved.get("data") or {}).items() if k in SAMPLING_FLAGS}
+    given = {k: overrides[k] for k in MODEL_FLAGS if overrides.get(k) is not None}
+    model = trained_settings(checkpoint, ModelConfig(**given), given)
+    sampling = {k: v for k, v in (saved_config(checkpoint).get("data") or {}).items() if k in SAMPLING_FLAGS}
     sampling.update({k: overrides[k] for k in SAMPLING_FLAGS if overrides.get(k) is not None})
-    return ModelConfig(**model), sampling
+    return model, sampling
 
 
 def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] = None,

@@ -4,20 +4,24 @@ Evaluation never needs OpenAI's weights file: the backbone's architecture is rea
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Iterable
 
 import torch
 from torch import nn
 
-from modules.common.errors import CheckpointError
+from modules.common.cli import flag_name
+from modules.common.errors import CheckpointError, ConfigError
 from modules.common.io import EXPORT_FORMAT, read_checkpoint
 from modules.common.state_dicts import check_compatible
 from modules.model.clip import CLIP, Attention, build_clip, resolve_clip
 from modules.model.published import is_published_state_dict, published_clip_state_dict
-from modules.model.ucofia import ModelConfig, UCoFiA
+from modules.model.ucofia import TRAINED, ModelConfig, UCoFiA
 from modules.model.zero_shot import ZeroShotCLIP
 
 logger = logging.getLogger("ucofia")
+FLAG_NAMES = {f.name: flag_name(f) for f in dataclasses.fields(ModelConfig)}  # e.g. --cross_num_hidden_layers
 
 
 def convert_clip_to_fp16(clip: CLIP) -> None:
@@ -86,6 +90,47 @@ def build_model_from_checkpoint(path: str, model_cfg: ModelConfig, precision: st
 
 def _norm(value):
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def saved_config(path: str) -> dict:
+    """The resolved configuration saved in a checkpoint of ours or an exported folder ({} for a bare or published
+    state dict), read without loading a checkpoint file's weights into memory."""
+    try:  # a folder is no file: read_checkpoint below reads its config.json (and its safetensors)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+    except Exception:
+        obj = read_checkpoint(path)  # raises the one-line CheckpointError for whatever is wrong
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def trained_settings(path: str, given: ModelConfig, explicit: Iterable[str]) -> ModelConfig:
+    """``given`` with every trained setting (``TRAINED``) replaced by the checkpoint's.
+
+    Args:
+        path: the checkpoint; one without a saved configuration keeps ``given``.
+        given: defaults and command-line values.
+        explicit: names of the fields given on the command line: one that contradicts the checkpoint is an error.
+    Returns:
+        the ModelConfig to build.
+    """
+    saved = saved_config(path).get("model") or {}
+    explicit = set(explicit)
+    taken = {}
+    for name in TRAINED:
+        if name not in saved:
+            continue
+        if name in explicit and _norm(getattr(given, name)) != _norm(saved[name]):
+            flag = "--" + FLAG_NAMES.get(name, name)
+            raise ConfigError(f"{flag} {_show(getattr(given, name))} does not match the checkpoint {path}, trained "
+                              f"with {flag} {_show(saved[name])}; leave the flag out to use the checkpoint's")
+        taken[name] = tuple(saved[name]) if isinstance(saved[name], list) else saved[name]
+    return dataclasses.replace(given, **taken)
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(int(value)) if isinstance(value, bool) else str(value)
 
 
 FORMAT = "ucofia-checkpoint-v1"
