@@ -19,9 +19,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modules.evaluation.encoding import LEVELS, combine, sk_biases  # noqa: E402
+from modules.evaluation.encoding import combine, sk_biases  # noqa: E402
 from modules.model.clip import ARCHITECTURES, CLIP  # noqa: E402
 from modules.model.features import TextFeatures, VideoFeatures  # noqa: E402
+from modules.model.similarity import LEVELS  # noqa: E402
 from modules.model.ucofia import ModelConfig, UCoFiA
 
 

@@ -1,8 +1,10 @@
 """The evaluation protocol of ``eval_t2v`` / ``eval_v2t``: raw, SK-norm and DSL side by side, overall and per level.
 
-Writes ``<output_dir>/results_<direction>.json`` (design.md format) and prints a table. ``--save_sims`` adds the
-per-level test and bank similarity matrices as ``.npy``; ``--feature_cache DIR`` keeps the encoded test features and
-bank similarities so that a second run only scores.
+Writes ``<output_dir>/results_<direction>.json`` (design.md format) and the resolved configuration
+``config_<direction>.json``, and prints a table. ``--save_sims`` adds the per-level test and bank similarity matrices
+as ``.npy`` and ``sims_<direction>_items.json``, the captions and videos of the test matrices' rows and columns (what
+``scripts/report.py`` reads); ``--feature_cache DIR`` keeps the encoded test features and bank similarities so that a
+second run only scores. ``--zero_shot`` evaluates plain CLIP (``modules.model.zero_shot``) the same way.
 """
 from __future__ import annotations
 
@@ -18,12 +20,11 @@ import numpy as np
 import torch
 
 from modules.common.errors import ConfigError
-from modules.common.io import atomic_save, atomic_write, prepare_output_dir, read_checkpoint, write_json
+from modules.common.io import atomic_save, atomic_write, prepare_output_dir, read_checkpoint, weights_file, write_json
 from modules.common.runtime import Runtime, run_entry, setup, setup_logging
 from modules.data import build_split
 from modules.evaluation.config import EvalConfig, parse_args
 from modules.evaluation.encoding import (
-    LEVELS,
     EvalOptions,
     TestFeatures,
     add_bias,
@@ -35,7 +36,7 @@ from modules.evaluation.encoding import (
     score_test,
     sk_biases,
 )
-from modules.model.build import build_model_from_checkpoint, trained_settings
+from modules.model.build import build_model_from_checkpoint, build_zero_shot, trained_settings
 from modules.model.features import TextFeatures, VideoFeatures
 
 logger = logging.getLogger("ucofia")
@@ -43,11 +44,20 @@ NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 BANK_SOURCE = {"t2v": "every caption of the training split", "v2t": "every video of the training split, once"}
 
 
+def _model_identity(cfg: EvalConfig) -> dict:
+    """The weights evaluated: the checkpoint (or zero-shot CLIP's weights file) by path, size and modification time."""
+    source = cfg.pretrained_clip_name if cfg.zero_shot else cfg.init_model
+    if not os.path.exists(source):  # zero-shot random:<arch>: seeded, so the name identifies it
+        return {"zero_shot": source, "seed": cfg.seed}
+    stat = os.stat(weights_file(source))
+    return {"zero_shot" if cfg.zero_shot else "checkpoint": os.path.abspath(source), "size": stat.st_size,
+            "mtime": stat.st_mtime_ns}
+
+
 def _cache_key(cfg: EvalConfig, split_name: str) -> str:
-    stat = os.stat(cfg.init_model)
     data = {k: v for k, v in vars(cfg.data).items() if k not in ("skip_bad_videos", "seed", "train_frame_order")}
-    ident = {"checkpoint": os.path.abspath(cfg.init_model), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-             "model": vars(cfg.model), "data": data, "split": split_name, "precision": cfg.precision}
+    ident = {**_model_identity(cfg), "model": vars(cfg.model), "data": data, "split": split_name,
+             "precision": cfg.precision}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -98,12 +108,18 @@ def settings_from_checkpoint(cfg: EvalConfig) -> None:
 
 
 def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
-    """Evaluate ``--init_model`` on the test split in one direction; returns the results dict (also written)."""
-    if not cfg.init_model:
-        raise ConfigError("--init_model is required: the checkpoint to evaluate (set CKPT in the eval script)")
+    """Evaluate ``--init_model`` (or zero-shot CLIP) on the test split in one direction; returns the results dict
+    (also written)."""
+    if not cfg.init_model and not cfg.zero_shot:
+        raise ConfigError("--init_model is required: the checkpoint to evaluate (set CKPT in the eval script), "
+                          "or --zero_shot for plain CLIP")
     started = time.time()
-    settings_from_checkpoint(cfg)
-    model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
+    if cfg.zero_shot:
+        model = build_zero_shot(cfg.pretrained_clip_name, cfg.model.max_words, cfg.model.max_frames, cfg.precision,
+                                rt.device)
+    else:
+        settings_from_checkpoint(cfg)
+        model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
     opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
                        precision=cfg.precision, sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
     test_split = build_split(cfg.data, "test")
@@ -115,6 +131,7 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
     t_encoded = time.time()
     levels = score_test(model, feats, rt)
     bank = _load_cached(cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+    names = list(levels)
     if bank is None:
         bank = bank_scores(model, train_split, feats, direction, rt, opts)
         _save_cached(bank, cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
@@ -132,33 +149,48 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
                     "dsl": metrics_for(dsl(raw, direction), c2v, direction)},
         "levels": {k: {"raw": metrics_for(levels[k], c2v, direction),
                        "sk_norm": metrics_for(add_bias(levels[k], bias[k], direction), c2v, direction)}
-                   for k in LEVELS},
-        "sk_bank": {"source": BANK_SOURCE[direction], "size": int(bank[LEVELS[0]].shape[0]),
+                   for k in names},
+        "sk_bank": {"source": BANK_SOURCE[direction], "size": int(bank[names[0]].shape[0]),
                     "iterations": cfg.sk_iters},
         "notes": {"dsl": "normalised over the test queries: uses test-set statistics, not comparable to raw/SK-norm",
                   "decoder": f"OpenCV {cv2.__version__}"},
         "skipped_videos": len(getattr(test_split, "skipped", [])) + len(test_split.video_ids)
         - feats.video_index.numel(),
         "checkpoint": cfg.init_model,
+        "model": f"zero-shot CLIP {cfg.pretrained_clip_name}" if cfg.zero_shot else "UCoFiA",
+        "data_version": test_split.fingerprint(),
         "seconds": {"encode": round(t_encoded - started, 2), "total": round(time.time() - started, 2)},
     }
     if rt.is_main:
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json(results, os.path.join(cfg.output_dir, f"results_{direction}.json"))
+        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, f"config_{direction}.json"))
         if cfg.save_sims:
-            for k in LEVELS:
+            write_json(matrix_items(test_split, feats), os.path.join(cfg.output_dir, f"sims_{direction}_items.json"))
+            for k in names:
                 for part, sims in (("test", levels[k]), ("bank", bank[k])):
                     array = sims.cpu().numpy()
                     atomic_write(os.path.join(cfg.output_dir, f"sims_{direction}_{part}_{k}.npy"),
                                  lambda f, array=array: np.save(f, array))
         rows = {"raw": results["metrics"]["raw"], "SK-norm (paper protocol)": results["metrics"]["sk_norm"],
                 "DSL* (test-query statistics)": results["metrics"]["dsl"]}
-        rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in LEVELS})
+        rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in names})
         title = (f"{cfg.data.datatype} test, {NAMES[direction]}: {results['num_texts']} captions x "
                  f"{results['num_videos']} videos; SK bank {results['sk_bank']['size']} "
                  f"({results['sk_bank']['source']})")
         print(format_table(title, rows), flush=True)
     return results
+
+
+def matrix_items(split, feats: TestFeatures) -> dict:
+    """What the rows and columns of the saved test matrices are: each row's caption and the column of its video,
+    each column's video id, file and clip window (in seconds, or None)."""
+    videos = feats.video_index.tolist()
+    return {"captions": [split.captions[i] for i in feats.text_index.tolist()],
+            "caption_to_video": feats.caption_to_video.tolist(),
+            "video_ids": [split.video_ids[i] for i in videos],
+            "video_paths": [os.path.abspath(split.video_paths[i]) for i in videos],
+            "windows": [split.windows[i] for i in videos]}
 
 
 def eval_main(argv, direction: str) -> int:

@@ -24,7 +24,7 @@ import torch
 
 from modules.common.cli import add_options
 from modules.common.errors import CheckpointError, ConfigError, DataError
-from modules.common.io import atomic_save, read_checkpoint
+from modules.common.io import atomic_save, read_checkpoint, weights_file
 from modules.common.options import DEVICES
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
@@ -55,11 +55,17 @@ class Tool:
 
 
 def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the tools: checkpoint, device, precision and the model/sampling settings (generated from the
-    config dataclasses; a setting not given comes from the checkpoint)."""
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.main (or the published one)")
+    """Flags shared by the tools: checkpoint, device, precision and the model/sampling settings."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of train.main, an exported model folder, or the published checkpoint")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    add_setting_arguments(parser)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and frame-sampling settings, generated from the config dataclasses; one not given comes from the
+    checkpoint (see ``tool_overrides``)."""
     add_options(parser, DataConfig, "frame and caption settings (default: the checkpoint's)", "tool",
                 only=("max_words", "max_frames") + SAMPLING_FLAGS)
     add_options(parser, ModelConfig, "model settings (default: the checkpoint's)", "tool", only=MODEL_FLAGS)
@@ -91,7 +97,7 @@ def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] 
     model, _ = build_model_from_checkpoint(checkpoint, model_cfg, precision, rt.device)
     data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
                       image_resolution=model.clip.config.image_resolution, **sampling)
-    stat = os.stat(checkpoint)
+    stat = os.stat(weights_file(checkpoint))
     ident = {"checkpoint": os.path.abspath(checkpoint), "size": stat.st_size, "mtime": stat.st_mtime_ns,
              "model": dataclasses.asdict(model_cfg), "precision": precision,
              "sampling": {k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)}}

@@ -62,6 +62,14 @@ class VideoSide:
                          cut(self.frame_bias), cut(self.token_bias))
 
 
+def mean_pooled(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Unit video vector [Nv, D]: the L2-normalised mean of the normalised real frames [Nv, F, D] (CLIP4Clip's meanP,
+    also the zero-shot baseline's video embedding); ``frame_mask`` [Nv, F] marks the real frames."""
+    weight = frame_mask.to(frames.dtype).unsqueeze(-1)                             # [Nv, F, 1]
+    pooled = (F.normalize(frames, dim=-1) * weight).sum(1) / weight.sum(1).clamp(min=1)  # [Nv, D]
+    return F.normalize(pooled, dim=-1)
+
+
 def _eye(n: int) -> nn.Parameter:
     return nn.Parameter(torch.eye(n))
 
@@ -104,9 +112,7 @@ class LevelHead(nn.Module):
     def prepare_video(self, frames: torch.Tensor, frames_temporal: torch.Tensor, frame_mask: torch.Tensor,
                       tokens: torch.Tensor) -> VideoSide:
         """Raw frames, frames_temporal [Nv, F, D], frame_mask [Nv, F], tokens [Nv, F(1+K), D] -> ``VideoSide``."""
-        weight = frame_mask.to(frames_temporal.dtype).unsqueeze(-1)               # [Nv, F, 1]
-        pooled = (F.normalize(frames_temporal, dim=-1) * weight).sum(1) / weight.sum(1).clamp(min=1)  # [Nv, D]
-        video = F.normalize(pooled, dim=-1) @ self.video_proj                      # [Nv, D]
+        video = mean_pooled(frames_temporal, frame_mask) @ self.video_proj          # [Nv, D]
         frame_bias = token_bias = None
         if self.mask_padding:
             frame_bias = mask_bias(frame_mask, frames.dtype)                       # [Nv, F]

@@ -126,6 +126,8 @@ class UCoFiA(nn.Module):
         config: ``ModelConfig``.
     """
 
+    level_names = LEVELS  # the keys of ``similarity_levels``; evaluation scores whatever levels a model names
+
     def __init__(self, clip: CLIP, config: ModelConfig):
         super().__init__()
         cfg = clip.config
