@@ -244,8 +244,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         tool = load_tool(args.checkpoint, setup(args.device, seed=0), tool_overrides(args), args.precision)
         expl, frames, times, labels = explain_video(tool, args.video, args.caption)
         cfg = tool.model.config
-        whole = len(get_tokenizer().encode(args.caption)) + 2                  # with the start and end token
-        cut = f"; caption cut to max_words = {cfg.max_words} tokens" if whole > cfg.max_words else ""
+        # Cut when the caption has more than max_words - 2 tokens besides the start and end token.
+        kept = get_tokenizer().encode(args.caption, max_tokens=cfg.max_words - 1)
+        cut = f"; caption cut to max_words = {cfg.max_words} tokens" if len(kept) > cfg.max_words - 2 else ""
         subtitle = (f"{os.path.basename(args.video)}: {len(frames)} frames sampled (max {cfg.max_frames}); "
                     f"top-K {cfg.eval_topk}, K = {cfg.topk}; checkpoint {os.path.basename(args.checkpoint)}{cut}")
         img = render(expl, frames, times, labels, args.caption, subtitle, tool.model.clip.config.grid_size)

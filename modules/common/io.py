@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from typing import Any, BinaryIO, Callable, Optional
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 
 from modules.common.errors import CheckpointError, ConfigError
+from modules.common.torchscript import is_torchscript_archive
 
 logger = logging.getLogger(__name__)
 EXPORT_FORMAT = "ucofia-export-v1"
@@ -96,13 +98,59 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return stale
 
 
+def not_a_regular_file(path: str) -> str:
+    """Why ``path`` cannot be read as a file ("" when it can): reading a FIFO or a device would block or never end.
+
+    Returns:
+        "", "missing", "a folder", "a FIFO", "a socket" or "a device".
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
+def _not_a_checkpoint(path: str) -> str:
+    """What the file is instead of a torch checkpoint, from its first bytes; "" when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        if is_torchscript_archive(path):
+            return ("it is a TorchScript archive (the format of OpenAI's CLIP weights), which is given to "
+                    "--pretrained_clip_name")
+        return ""
+    if head[0] == 0x80:  # a pickle: torch.save's legacy format
+        return ""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"unknown binary format (starts with {head[:8]!r})"
+    kind = "JSON text" if text.lstrip()[:1] in ("{", "[") else "a text file"
+    return f"it is {kind} (starts with {text.strip()[:24]!r})"
+
+
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint file (or an exported model folder, see ``read_exported``) safely; any failure is a one-line
     ``CheckpointError`` naming the file."""
     if os.path.isdir(path):
         return read_exported(path)
-    if not os.path.isfile(path):
+    kind = not_a_regular_file(path)
+    if kind == "missing":
         raise CheckpointError(f"checkpoint not found: {path}")
+    if kind:
+        raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
+    why = _not_a_checkpoint(path)
+    if why:
+        raise CheckpointError(f"{path}: not a checkpoint: {why}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

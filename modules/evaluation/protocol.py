@@ -96,6 +96,13 @@ def format_table(title: str, rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def split_counts(split, num_texts: int, num_videos: int) -> dict:
+    """What was dropped from the annotation's test split, so that the counts add up to what it lists:
+    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos."""
+    return {"skipped_videos": split.listed_videos - num_videos, "skipped_texts": split.listed_texts - num_texts,
+            "annotation": {"texts": split.listed_texts, "videos": split.listed_videos, "left_out": split.left_out}}
+
+
 def settings_from_checkpoint(cfg: EvalConfig) -> None:
     """Model settings (and caption / frame counts) the checkpoint was trained with, unless given explicitly; an
     explicit flag that contradicts the checkpoint is an error naming both values."""
@@ -154,8 +161,7 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
                     "iterations": cfg.sk_iters},
         "notes": {"dsl": "normalised over the test queries: uses test-set statistics, not comparable to raw/SK-norm",
                   "decoder": f"OpenCV {cv2.__version__}"},
-        "skipped_videos": len(getattr(test_split, "skipped", [])) + len(test_split.video_ids)
-        - feats.video_index.numel(),
+        **split_counts(test_split, int(c2v.numel()), int(feats.video.frames.shape[0])),
         "checkpoint": cfg.init_model,
         "model": f"zero-shot CLIP {cfg.pretrained_clip_name}" if cfg.zero_shot else "UCoFiA",
         "data_version": test_split.fingerprint(),
@@ -175,8 +181,10 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
         rows = {"raw": results["metrics"]["raw"], "SK-norm (paper protocol)": results["metrics"]["sk_norm"],
                 "DSL* (test-query statistics)": results["metrics"]["dsl"]}
         rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in names})
+        skipped = (f" ({results['skipped_videos']} of the annotation's {test_split.listed_videos} videos skipped, "
+                   f"with {results['skipped_texts']} captions)" if results["skipped_videos"] else "")
         title = (f"{cfg.data.datatype} test, {NAMES[direction]}: {results['num_texts']} captions x "
-                 f"{results['num_videos']} videos; SK bank {results['sk_bank']['size']} "
+                 f"{results['num_videos']} videos{skipped}; SK bank {results['sk_bank']['size']} "
                  f"({results['sk_bank']['source']})")
         print(format_table(title, rows), flush=True)
     return results
