@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # published names; CLIP's ln_* are decayed (Q16)
+NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # published names; CLIP's ln_* are decayed too
 # Always trained when freezing the bottom of CLIP: the output heads (published freeze rule).
 FREEZE_EXEMPT_PREFIXES = ("ln_final.", "text_projection", "logit_scale", "visual.ln_post.", "visual.proj")
 
