@@ -24,7 +24,7 @@ from modules.common.runtime import Runtime, autocast_context, show_progress
 from modules.data import collate_skip_none
 from modules.data.samplers import ShardSampler, epoch_permutation
 from modules.evaluation.metrics import t2v_metrics, v2t_metrics
-from modules.evaluation.sinkhorn import sk_bias
+from modules.evaluation.sinkhorn import SK_ITERS, sk_bias
 from modules.model.features import TextFeatures, VideoFeatures
 from modules.model.similarity import LEVELS
 
@@ -37,7 +37,7 @@ class EvalOptions:
     batch_size: int = 32        # per process, for encoding
     workers: int = 1
     precision: str = "fp32"
-    sk_iters: int = 4
+    sk_iters: int = SK_ITERS
     sk_bank_size: int = 0       # 0: whole training split
     seed: int = 42              # picks the bank subsample
 
