@@ -34,7 +34,7 @@ def convert_clip_to_fp16(clip: CLIP) -> None:
     clip.visual.proj.data = clip.visual.proj.data.half()
 
 
-def prepare(model: UCoFiA, precision: str, grad_checkpointing: bool, device: torch.device) -> UCoFiA:
+def prepare(model: UCoFiA, precision: str, grad_checkpointing: bool, device: torch.device | str) -> UCoFiA:
     if grad_checkpointing:
         model.clip.set_grad_checkpointing(True, True)
     if precision == "legacy_fp16":
@@ -43,13 +43,13 @@ def prepare(model: UCoFiA, precision: str, grad_checkpointing: bool, device: tor
 
 
 def build_model(clip_name: str, model_cfg: ModelConfig, precision: str = "fp32", grad_checkpointing: bool = False,
-                device: torch.device = torch.device("cpu")) -> UCoFiA:
+                device: torch.device | str = "cpu") -> UCoFiA:
     """UCoFiA on a CLIP given by ``--pretrained_clip_name`` (OpenAI name, weights file or ``random:<arch>``)."""
     return prepare(UCoFiA(resolve_clip(clip_name), model_cfg), precision, grad_checkpointing, device)
 
 
 def build_model_from_checkpoint(path: str, model_cfg: ModelConfig, precision: str = "fp32",
-                                device: torch.device = torch.device("cpu")) -> tuple[UCoFiA, dict]:
+                                device: torch.device | str = "cpu") -> tuple[UCoFiA, dict]:
     """UCoFiA whose backbone architecture and weights come from a checkpoint (ours or the published code's).
 
     Returns (model in eval mode, the checkpoint's contents). Loading is strict.

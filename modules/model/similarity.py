@@ -6,8 +6,8 @@
                     c_m = ISA_Ww(G[:, m]) over words,  d_i = ISA_Wp(G[i, :]) over patches
 
 s, f, w are L2-normalised; the selected tokens p are not and the patch-word level has no lambda (both kept from the
-released checkpoint: docs/architecture.md, "Kept on purpose"). With ``mask_padding`` padded words and frames (and the tokens of padded frames)
-are masked out of every ISA softmax; without it they enter them, as in the published code.
+released checkpoint: docs/architecture.md, "Kept on purpose"). With ``mask_padding`` padded words and frames (and the
+tokens of padded frames) are masked out of every ISA softmax; without it they enter them, as in the published code.
 
 All text-independent work (normalisation, A2 and B2 projections, the masked mean) is done once per video by
 ``prepare_video`` and all video-independent work once per text by ``prepare_text``; the block loop then only runs the
