@@ -21,8 +21,6 @@ from typing import Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from modules.common.errors import ConfigError  # noqa: E402
 from modules.common.io import EXPORT_CONFIG, write_exported  # noqa: E402
 from modules.common.runtime import run_entry, setup_logging  # noqa: E402

@@ -16,8 +16,6 @@ from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from modules.common.errors import DataError  # noqa: E402
 from modules.common.io import atomic_write  # noqa: E402
 from modules.common.runtime import run_entry  # noqa: E402

@@ -27,7 +27,6 @@ from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # see scripts/retrieve.py: a bad file is reported once
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
@@ -129,7 +128,7 @@ def query_rows(a: SavedAnalysis) -> list[dict]:
         else:
             text, gt, video = items["video_ids"][q], [q], q
 
-        def entry(g: int) -> list:
+        def entry(g: int, q: int = q) -> list:
             levels = a.level_scores(q, g)
             caption = a.best_caption(q, g) if run.direction == "v2t" else None
             return [g, round(float(a.scores["raw"][q, g]), 4), round(float(a.scores["sk_norm"][q, g]), 4),

@@ -20,27 +20,26 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # See scripts/retrieve.py: a broken file is reported once, by the one-line error.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import cv2  # noqa: E402
+import cv2
 
-from modules.common.errors import ConfigError, DataError  # noqa: E402
-from modules.common.runtime import (  # noqa: E402
-    autocast_context,  # noqa: E402
+from modules.common.errors import ConfigError, DataError
+from modules.common.runtime import (
+    autocast_context,
     run_entry,
     setup,
     setup_logging,
 )
-from modules.data.transforms import clip_frames, resize_center_crop  # noqa: E402
-from modules.data.video import load_video_raw, probe_video  # noqa: E402
-from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides  # noqa: E402
-from modules.model.similarity import LEVELS  # noqa: E402
-from modules.model.tokenizer import get_tokenizer, text_mask, tokenize  # noqa: E402
-from modules.model.ucofia import Explanation  # noqa: E402
-from scripts.plotlib import GREY, INK, put, text_width, wrap  # noqa: E402
+from modules.data.transforms import clip_frames, resize_center_crop
+from modules.data.video import load_video_raw, probe_video
+from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides
+from modules.model.similarity import LEVELS
+from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
+from modules.model.ucofia import Explanation
+from scripts.plotlib import GREY, INK, put, text_width, wrap
 
 TILE = 224               # displayed frame side (pixels)
 GAP, MARGIN = 14, 18     # between frames, around the picture

@@ -1,4 +1,4 @@
-"""Issue 8: every bad input and fault tried against the real entry points.
+"""Every bad input and fault tried against the real entry points.
 
 A case the user must fix ends with exit status 2 and exactly one ``error: ...`` line on stderr that names the file,
 flag or step (no traceback); ``--skip_bad_videos`` instead logs each dropped video and counts it. In every case no

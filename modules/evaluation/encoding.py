@@ -4,7 +4,8 @@ Under several processes each rank encodes a contiguous shard; features are gathe
 index, so nothing is encoded twice and no padding duplicate reaches the metrics. Scoring is split by text rows across
 ranks. The SK-norm bank is the whole training split (or a fixed subsample), the same for any number of processes:
 text-to-video uses every training caption and gives a bias per test video; video-to-text uses every training video
-once and gives a bias per test caption (paper-notes §3.6).
+once and gives a bias per test caption (the published bank: docs/architecture.md, "The SK bank depends on the
+number of processes").
 """
 from __future__ import annotations
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,9 +20,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from modules.common.cache_keys import checkpoint_key
 from modules.common.cli import add_options
 from modules.common.errors import CheckpointError, ConfigError, DataError
-from modules.common.io import atomic_save, read_checkpoint, weights_file
+from modules.common.io import atomic_save, read_checkpoint
 from modules.common.options import DEVICES
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
@@ -97,11 +96,8 @@ def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] 
     model, _ = build_model_from_checkpoint(checkpoint, model_cfg, precision, rt.device)
     data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
                       image_resolution=model.clip.config.image_resolution, **sampling)
-    stat = os.stat(weights_file(checkpoint))
-    ident = {"checkpoint": os.path.abspath(checkpoint), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-             "model": dataclasses.asdict(model_cfg), "precision": precision,
-             "sampling": {k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)}}
-    key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = checkpoint_key(checkpoint, model=dataclasses.asdict(model_cfg), precision=precision,
+                         sampling={k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)})
     return Tool(model, data, rt, precision, key)
 
 

@@ -49,19 +49,19 @@ def prepare(model: nn.Module, precision: str, grad_checkpointing: bool, device: 
 
 
 def build_model(clip_name: str, model_cfg: ModelConfig, precision: str = "fp32", grad_checkpointing: bool = False,
-                device: torch.device = torch.device("cpu")) -> UCoFiA:
+                device: torch.device | str = "cpu") -> UCoFiA:
     """UCoFiA on a CLIP given by ``--pretrained_clip_name`` (OpenAI name, weights file or ``random:<arch>``)."""
     return prepare(UCoFiA(resolve_clip(clip_name), model_cfg), precision, grad_checkpointing, device)
 
 
 def build_zero_shot(clip_name: str, max_words: int, max_frames: int, precision: str = "fp32",
-                    device: torch.device = torch.device("cpu")) -> ZeroShotCLIP:
+                    device: torch.device | str = "cpu") -> ZeroShotCLIP:
     """Plain CLIP from ``--pretrained_clip_name`` as the zero-shot baseline, in eval mode (no checkpoint)."""
     return prepare(ZeroShotCLIP(resolve_clip(clip_name), max_words, max_frames), precision, False, device).eval()
 
 
 def build_model_from_checkpoint(path: str, model_cfg: ModelConfig, precision: str = "fp32",
-                                device: torch.device = torch.device("cpu")) -> tuple[UCoFiA, dict]:
+                                device: torch.device | str = "cpu") -> tuple[UCoFiA, dict]:
     """UCoFiA whose backbone architecture and weights come from a checkpoint (ours or the published code's).
 
     Returns (model in eval mode, the checkpoint's contents). Loading is strict.

@@ -1,4 +1,4 @@
-"""The three similarity levels of UCoFiA (paper-notes §3.3), scored in memory-bounded blocks.
+"""The three similarity levels of UCoFiA, scored in memory-bounded blocks.
 
     video_sentence  S_vs = lambda (s A1) . (v A2),        v = normalize(masked mean of normalize(f~))
     frame_sentence  S_fs = lambda ISA_Wf(s . f_j)
@@ -6,8 +6,8 @@
                     c_m = ISA_Ww(G[:, m]) over words,  d_i = ISA_Wp(G[i, :]) over patches
 
 s, f, w are L2-normalised; the selected tokens p are not and the patch-word level has no lambda (both kept from the
-released checkpoint, paper-notes Q4). With ``mask_padding`` padded words and frames (and the tokens of padded frames)
-are masked out of every ISA softmax; without it they enter them, as in the published code.
+released checkpoint: docs/architecture.md, "Kept on purpose"). With ``mask_padding`` padded words and frames (and the
+tokens of padded frames) are masked out of every ISA softmax; without it they enter them, as in the published code.
 
 All text-independent work (normalisation, A2 and B2 projections, the masked mean) is done once per video by
 ``prepare_video`` and all video-independent work once per text by ``prepare_text``; the block loop then only runs the
