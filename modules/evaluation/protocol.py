@@ -9,18 +9,15 @@ second run only scores. ``--zero_shot`` evaluates plain CLIP (``modules.model.ze
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
 
 import cv2
 import numpy as np
-import torch
 
 from modules.common.errors import ConfigError
-from modules.common.io import atomic_save, atomic_write, prepare_output_dir, read_checkpoint, weights_file, write_json
+from modules.common.io import atomic_write, prepare_output_dir, write_json
 from modules.common.runtime import Runtime, run_entry, setup, setup_logging
 from modules.data import build_split
 from modules.evaluation.config import EvalConfig, parse_args
@@ -31,62 +28,18 @@ from modules.evaluation.encoding import (
     bank_scores,
     combine,
     dsl,
-    encode_test_set,
     metrics_for,
     score_test,
     sk_biases,
 )
+from modules.evaluation.feature_cache import FeatureCache, bank_key, test_features, test_key
 from modules.model.build import build_model_from_checkpoint, build_zero_shot, trained_settings
-from modules.model.features import TextFeatures, VideoFeatures
 
 logger = logging.getLogger("ucofia")
 NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 BANK_SOURCE = {"t2v": "every caption of the training split", "v2t": "every video of the training split, once"}
 
 
-def _model_identity(cfg: EvalConfig) -> dict:
-    """The weights evaluated: the checkpoint (or zero-shot CLIP's weights file) by path, size and modification time."""
-    source = cfg.pretrained_clip_name if cfg.zero_shot else cfg.init_model
-    if not os.path.exists(source):  # zero-shot random:<arch>: seeded, so the name identifies it
-        return {"zero_shot": source, "seed": cfg.seed}
-    stat = os.stat(weights_file(source))
-    return {"zero_shot" if cfg.zero_shot else "checkpoint": os.path.abspath(source), "size": stat.st_size,
-            "mtime": stat.st_mtime_ns}
-
-
-def _cache_key(cfg: EvalConfig, split_name: str) -> str:
-    data = {k: v for k, v in vars(cfg.data).items() if k not in ("skip_bad_videos", "seed", "train_frame_order")}
-    ident = {**_model_identity(cfg), "model": vars(cfg.model), "data": data, "split": split_name,
-             "precision": cfg.precision}
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _load_cached(path: str, rt: Runtime):
-    if path and os.path.isfile(path):
-        obj = read_checkpoint(path)
-        logger.info("features read from cache %s", path)
-        return {k: (v.to(rt.device) if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}
-    return None
-
-
-def _save_cached(obj: dict, path: str, rt: Runtime) -> None:
-    if path and rt.is_main:
-        atomic_save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}, path)
-
-
-def test_features(model, split, rt: Runtime, opts: EvalOptions, cache_path: str) -> TestFeatures:
-    cached = _load_cached(cache_path, rt)
-    if cached is not None:
-        text = TextFeatures(**{k[5:]: v for k, v in cached.items() if k.startswith("text.")})
-        video = VideoFeatures(**{k[6:]: v for k, v in cached.items() if k.startswith("video.")})
-        return TestFeatures(text, video, cached["caption_to_video"].cpu(), cached["text_index"].cpu(),
-                            cached["video_index"].cpu())
-    feats = encode_test_set(model, split, rt, opts)
-    obj = {f"text.{k}": v for k, v in feats.text.to_dict().items()}
-    obj.update({f"video.{k}": v for k, v in feats.video.to_dict().items()})
-    obj.update(caption_to_video=feats.caption_to_video, text_index=feats.text_index, video_index=feats.video_index)
-    _save_cached(obj, cache_path, rt)
-    return feats
 
 
 def format_table(title: str, rows: dict[str, dict]) -> str:
@@ -98,7 +51,11 @@ def format_table(title: str, rows: dict[str, dict]) -> str:
 
 def split_counts(split, num_texts: int, num_videos: int) -> dict:
     """What was dropped from the annotation's test split, so that the counts add up to what it lists:
-    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos."""
+    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos. Features of another
+    split (a bug) stop here instead of giving a negative count."""
+    if num_videos > split.listed_videos or num_texts > split.listed_texts:
+        raise RuntimeError(f"{num_texts} texts and {num_videos} videos encoded for a split listing "
+                           f"{split.listed_texts} and {split.listed_videos}: the features belong to another split")
     return {"skipped_videos": split.listed_videos - num_videos, "skipped_texts": split.listed_texts - num_texts,
             "annotation": {"texts": split.listed_texts, "videos": split.listed_videos, "left_out": split.left_out}}
 
@@ -131,17 +88,18 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
                        precision=cfg.precision, sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
     test_split = build_split(cfg.data, "test")
     train_split = build_split(cfg.data, "train")
-    key = _cache_key(cfg, "test") if cfg.feature_cache else ""
-    cache = (lambda name: os.path.join(cfg.feature_cache, key, name)) if cfg.feature_cache else (lambda name: "")
+    cache = FeatureCache(cfg.feature_cache, test_key(cfg, rt, test_split) if cfg.feature_cache else "", rt)
 
-    feats = test_features(model, test_split, rt, opts, cache("test_features.pt"))
+    feats = test_features(model, test_split, rt, opts, cache)
     t_encoded = time.time()
     levels = score_test(model, feats, rt)
-    bank = _load_cached(cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+    key = bank_key(cache.key, train_split, direction, opts) if cfg.feature_cache else ""
+    name = f"bank_{direction}_{key[:12]}.pt"
+    bank = cache.load(name, key)
     names = list(levels)
     if bank is None:
         bank = bank_scores(model, train_split, feats, direction, rt, opts)
-        _save_cached(bank, cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+        cache.save(name, key, bank)
     bias = sk_biases(bank, cfg.sk_iters)
     c2v = feats.caption_to_video
     raw = combine(levels)

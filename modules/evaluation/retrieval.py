@@ -2,8 +2,8 @@
 
     load_tool(checkpoint)       the model with the settings it was trained with (``config`` saved in the checkpoint)
     update_index(tool, files)   features of every video in a folder, cached in one file; only new or changed files
-                                (path, size, modification time) are encoded, and only with the same checkpoint and
-                                settings
+                                (path, size, modification and status-change times) are encoded, and only with the
+                                same checkpoint file, settings, device type, code and library versions
     score(tool, text, videos)   per-level logits and their mean, exactly as the evaluation's raw scores
 
 SK-norm needs a bank of training captions or videos, which a folder of your own videos does not have: scores here are
@@ -20,10 +20,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from modules.common.cache_keys import checkpoint_key
+from modules.common.cache_keys import cache_key, code_version, file_identity, file_stamp, software_versions
 from modules.common.cli import add_options
 from modules.common.errors import CheckpointError, ConfigError, DataError
-from modules.common.io import atomic_save, read_checkpoint
+from modules.common.io import atomic_save, read_checkpoint, weights_file
 from modules.common.options import DEVICES
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
@@ -35,12 +35,15 @@ from modules.model.tokenizer import text_mask, tokenize
 from modules.model.ucofia import ModelConfig, UCoFiA
 
 logger = logging.getLogger("ucofia")
-INDEX_FORMAT = "ucofia-video-index-v1"
+INDEX_FORMAT = "ucofia-video-index-v2"  # v2: keys from modules.common.cache_keys, files stamped with ctime too
 # Model settings a tool may override (e.g. for a published checkpoint, which saves none); the rest must match.
 MODEL_FLAGS = ("max_words", "max_frames", "topk", "sim_header", "patch_scorer", "mask_padding", "eval_topk",
                "shift_layers", "temporal_layers")
 # Frame sampling settings read from the checkpoint's data config, overridable too.
 SAMPLING_FLAGS = ("feature_framerate", "slice_framepos")
+# Data settings a tool's video features depend on (the index key holds them).
+INDEX_DATA_FIELDS = ("max_words", "max_frames", "feature_framerate", "slice_framepos", "eval_frame_order",
+                     "image_resolution")
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Tool:
     data: DataConfig
     rt: Runtime
     precision: str
-    key: str  # checkpoint file (path, size, mtime) + model and sampling settings + precision
+    key: str  # what every video feature depends on: checkpoint file, settings, device type, code and libraries
 
 
 def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,8 +99,10 @@ def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] 
     model, _ = build_model_from_checkpoint(checkpoint, model_cfg, precision, rt.device)
     data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
                       image_resolution=model.clip.config.image_resolution, **sampling)
-    key = checkpoint_key(checkpoint, model=dataclasses.asdict(model_cfg), precision=precision,
-                         sampling={k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)})
+    key = cache_key({"format": INDEX_FORMAT, "code": code_version(), "software": software_versions(),
+                     "checkpoint": file_identity(weights_file(checkpoint)), "model": dataclasses.asdict(model_cfg),
+                     "precision": precision, "device": rt.device.type,
+                     "data": {k: v for k, v in dataclasses.asdict(data).items() if k in INDEX_DATA_FIELDS}})
     return Tool(model, data, rt, precision, key)
 
 
@@ -151,10 +156,11 @@ def _read_index(path: str, key: str) -> Optional[dict]:
     except CheckpointError as e:
         raise ConfigError(f"--index {path} exists and is not a video index ({e}); delete it or choose another "
                           f"path") from None
-    if obj.get("format") != INDEX_FORMAT:
+    if not str(obj.get("format", "")).startswith(INDEX_FORMAT.rsplit("-", 1)[0]):
         raise ConfigError(f"--index {path} exists and is not a video index; delete it or choose another path")
-    if obj.get("key") != key:
-        logger.info("%s was made with another checkpoint or other settings: encoding every video again", path)
+    if obj.get("format") != INDEX_FORMAT or obj.get("key") != key:
+        logger.info("%s was made with another checkpoint, other settings or another version: encoding every video "
+                    "again", path)
         return None
     return obj
 
@@ -163,8 +169,9 @@ def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size:
                  workers: int = 0) -> VideoIndex:
     """Bring the index of the video files ``videos`` (e.g. ``list_videos(folder)``) up to date and return it.
 
-    Cached features are reused for files with the same path, size and modification time; new or changed files are
-    encoded; files that are gone are dropped. The index file is rewritten atomically when anything changed.
+    Cached features are reused for files with the same path, size, modification and status-change times (any
+    rewrite of a file changes the last); new or changed files are encoded; files that are gone are dropped. The index
+    file is rewritten atomically when anything changed.
 
     Raises:
         DataError: not one file can be decoded.
@@ -172,18 +179,12 @@ def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size:
     paths = [os.path.abspath(p) for p in videos]
     if not paths:
         raise DataError("no video files to index")
-    stamps: dict[str, Optional[tuple[int, int]]] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stamps[p] = (st.st_size, st.st_mtime_ns)
-        except OSError:  # e.g. a dangling link: decoding it fails and names it
-            stamps[p] = None
+    stamps = {p: file_stamp(p) for p in paths}  # None for e.g. a dangling link: decoding it fails and names it
     cached = _read_index(index_path, tool.key)
     rows: dict[str, tuple[Optional[VideoFeatures], int]] = {}   # path -> (features or None, row in ``cached``)
     if cached is not None:
-        for row, (p, size, mtime) in enumerate(zip(cached["paths"], cached["sizes"], cached["mtimes"])):
-            if stamps.get(p) == (size, mtime):
+        for row, (p, stamp) in enumerate(zip(cached["paths"], cached["stamps"])):
+            if stamp is not None and stamps.get(p) == stamp:
                 rows[p] = (None, row)
     todo = [p for p in paths if p not in rows]
     skipped: list[str] = []
@@ -207,7 +208,7 @@ def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size:
     index = VideoIndex(order, VideoFeatures.cat(parts), encoded=encoded, reused=len(order) - encoded, skipped=skipped)
     if cached is None or index.encoded or len(order) != len(cached["paths"]):
         atomic_save({"format": INDEX_FORMAT, "key": tool.key, "paths": order,
-                     "sizes": [stamps[p][0] for p in order], "mtimes": [stamps[p][1] for p in order],
+                     "stamps": [stamps[p] for p in order],
                      "features": index.features.to_dict()}, index_path)
     return index
 
