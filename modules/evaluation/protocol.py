@@ -1,6 +1,6 @@
 """The evaluation protocol of ``eval_t2v`` / ``eval_v2t``: raw, SK-norm and DSL side by side, overall and per level.
 
-Writes ``<output_dir>/results_<direction>.json`` (design.md format) and the resolved configuration
+Writes ``<output_dir>/results_<direction>.json`` (format in the README, "Evaluation") and the resolved configuration
 ``config_<direction>.json``, and prints a table. ``--save_sims`` adds the per-level test and bank similarity matrices
 as ``.npy`` and ``sims_<direction>_items.json``, the captions and videos of the test matrices' rows and columns (what
 ``scripts/report.py`` reads); ``--feature_cache DIR`` keeps the encoded test features and bank similarities so that a
