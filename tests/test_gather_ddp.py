@@ -71,4 +71,4 @@ def test_two_processes_match_one(tmp_path):
             # differences between one and two processes into small absolute differences in tiny gradient entries.
             scale = float(p.grad.abs().max())
             torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=max(1e-6, 1e-3 * scale),
-                                       msg=lambda m, name=name, scale=scale: f"{name} (largest |grad| {scale:.3g}): {m}")
+                                       msg=lambda m, name=name, scale=scale: f"{name} (largest grad {scale:.3g}): {m}")
