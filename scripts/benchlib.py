@@ -16,9 +16,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modules.common.errors import ConfigError  # noqa: E402
-from modules.common.runtime import run_entry  # noqa: E402
+from modules.common.errors import ConfigError
+from modules.common.runtime import run_entry
 
 
 def rss_mb() -> float:

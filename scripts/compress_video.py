@@ -20,12 +20,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modules.common.errors import ConfigError  # noqa: E402
-from modules.common.io import not_a_regular_file, prepare_output_dir  # noqa: E402
-from modules.common.runtime import run_entry  # noqa: E402
-from modules.data.annotations import VIDEO_EXTENSIONS  # noqa: E402
+from modules.common.errors import ConfigError
+from modules.common.io import not_a_regular_file, prepare_output_dir
+from modules.common.runtime import run_entry
+from modules.data.annotations import VIDEO_EXTENSIONS
 
 
 def find_ffmpeg(explicit: str | None = None) -> str:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modules.common.errors import ConfigError  # noqa: E402
-from modules.common.io import prepare_output_dir  # noqa: E402
-from modules.common.runtime import run_entry  # noqa: E402
-from modules.data.synthetic import generate  # noqa: E402
+from modules.common.errors import ConfigError
+from modules.common.io import prepare_output_dir
+from modules.common.runtime import run_entry
+from modules.data.synthetic import generate
 
 
 def main(argv: list[str] | None = None) -> int:

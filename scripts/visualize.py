@@ -20,69 +20,39 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # See scripts/retrieve.py: a broken file is reported once, by the one-line error.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import cv2  # noqa: E402
+import cv2
 
-from modules.common.errors import ConfigError, DataError  # noqa: E402
-from modules.common.io import prepare_output_dir  # noqa: E402
-from modules.common.runtime import (  # noqa: E402
-    autocast_context,  # noqa: E402
+from modules.common.errors import ConfigError, DataError
+from modules.common.io import prepare_output_dir
+from modules.common.runtime import (
+    autocast_context,
     run_entry,
     setup,
     setup_logging,
 )
-from modules.data.files import require_video_file  # noqa: E402
-from modules.data.transforms import clip_frames  # noqa: E402
-from modules.data.video import load_video_raw, probe_video  # noqa: E402
-from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides  # noqa: E402
-from modules.model.similarity import LEVELS  # noqa: E402
-from modules.model.tokenizer import get_tokenizer, text_mask, tokenize  # noqa: E402
-from modules.model.ucofia import Explanation  # noqa: E402
+from modules.data.files import require_video_file
+from modules.data.transforms import clip_frames
+from modules.data.video import load_video_raw, probe_video
+from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides
+from modules.model.similarity import LEVELS
+from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
+from modules.model.ucofia import Explanation
+from scripts.plotlib import GREY, INK, put, text_width, wrap
 
 TILE = 224               # displayed frame side (pixels)
 GAP, MARGIN = 14, 18     # between frames, around the picture
 PER_ROW = 6              # frames per row
 MIN_WIDTH = 820
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-INK, GREY, TRACK = (30, 30, 30), (110, 110, 110), (225, 225, 225)   # BGR
+TRACK = (225, 225, 225)                                             # BGR
 BOX = (0, 140, 255)                                                 # orange: selected patches
 FRAME_BAR, TOKEN_BAR = (200, 120, 40), (60, 160, 60)               # blue: frame-sentence, green: patch-word
 HOT = np.array([40, 40, 215], dtype=np.float64)                     # red end of the word heat scale
 SHOWN_SELECTION = 0.02   # selection weights below this are not drawn (invisible anyway)
 STRONG_SELECTION = 0.25  # from this weight a chosen cell also gets an outline
-
-
-def _ascii(text: str) -> str:
-    """OpenCV's Hershey fonts draw ASCII only."""
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
-
-
-def put(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.5, colour=INK, thickness: int = 1) -> int:
-    """Draw ``text`` with its baseline at y; returns its width."""
-    text = _ascii(text)
-    cv2.putText(img, text, (x, y), FONT, scale, colour, thickness, cv2.LINE_AA)
-    return cv2.getTextSize(text, FONT, scale, thickness)[0][0]
-
-
-def text_width(text: str, scale: float, thickness: int = 1) -> int:
-    return cv2.getTextSize(_ascii(text), FONT, scale, thickness)[0][0]
-
-
-def wrap(text: str, width: int, scale: float, thickness: int = 1) -> list[str]:
-    """Greedy word wrap to ``width`` pixels."""
-    lines, line = [], ""
-    for word in text.split():
-        trial = f"{line} {word}".strip()
-        if line and text_width(trial, scale, thickness) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = trial
-    return lines + ([line] if line else [])
 
 
 def heat(weight: float) -> tuple[int, int, int]:

@@ -27,12 +27,13 @@ def synthetic_set(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def one_step_checkpoint(synthetic_set, tmp_path_factory) -> str:
-    """A checkpoint of train.main after one step (tiny CLIP, 4 frames, 16 words): real format, saved settings."""
+def trained_run(synthetic_set, tmp_path_factory) -> str:
+    """The output folder of a one-epoch training run on ``synthetic_set`` (tiny CLIP, 4 steps of 8 videos): a
+    checkpoint with saved settings, train_steps.jsonl, history.json and config.json."""
     from helpers import tiny_flags
 
     from train.main import main as train_main
 
-    out = str(tmp_path_factory.mktemp("tools_ckpt"))
-    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1", "--max_steps", "1"]) == 0
-    return os.path.join(out, "checkpoints", "last.pth")
+    out = str(tmp_path_factory.mktemp("trained_run"))
+    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1"]) == 0
+    return out

@@ -13,7 +13,7 @@ from typing import Tuple
 
 import pytest
 import torch
-from helpers import tiny_flags
+from helpers import data_flags, tiny_flags
 
 from eval_t2v.main import main as eval_t2v
 from modules.common.errors import CheckpointError
@@ -266,7 +266,7 @@ def _json_file(folder) -> str:
     ("text", "not a checkpoint: it is a text file (starts with 'epoch 1"),
     ("empty", "not a checkpoint: the file is empty"),
     ("binary", "not a checkpoint: unknown binary format"),
-    ("folder", "not a checkpoint: it is a folder"),
+    ("folder", "not an exported model folder (config.json is missing)"),
     ("fifo", "not a checkpoint: it is a FIFO"),
     ("torchscript", "not a checkpoint: it is a TorchScript archive (the format of OpenAI's CLIP weights), which is "
                     "given to --pretrained_clip_name"),
@@ -297,9 +297,11 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(kind, says, archive, tmp_p
 
 def test_json_given_as_a_checkpoint_to_the_entry_points(synthetic_set, tmp_path, capsys):
     path = _json_file(tmp_path)
-    for fn, args in ((eval_t2v, ["--init_model", path]), (train_main, ["--epochs", "1", "--resume_model", path])):
+    runs = ((eval_t2v, data_flags(synthetic_set) + ["--init_model", path, "--device", "cpu"]),
+            (train_main, tiny_flags(synthetic_set, "") + ["--epochs", "1", "--resume_model", path]))
+    for fn, args in runs:
         out = str(tmp_path / f"out_{fn.__module__}")
-        assert fn(tiny_flags(synthetic_set, out) + args) == 2
+        assert fn(args + ["--output_dir", out]) == 2
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and f"{path}: not a checkpoint: it is JSON text" in lines[0], err

@@ -31,6 +31,11 @@ from scripts.summarize_results import main as summarize
 CPU = ["--device", "cpu"]
 
 
+@pytest.fixture(scope="module")
+def one_step_checkpoint(trained_run) -> str:
+    return os.path.join(trained_run, "checkpoints", "last.pth")
+
+
 def one_error_line(capsys, code: int, *needles: str) -> str:
     out = capsys.readouterr()
     assert code == 2, out.err[-2000:]

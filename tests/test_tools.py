@@ -80,8 +80,8 @@ def test_isa_weights_by_hand():
 # --- scripts/retrieve.py --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def checkpoint(one_step_checkpoint) -> str:
-    return one_step_checkpoint
+def checkpoint(trained_run) -> str:
+    return os.path.join(trained_run, "checkpoints", "last.pth")
 
 
 def _test_captions(folder: str) -> dict[str, str]:

@@ -104,7 +104,8 @@ def test_every_script_datatype_is_registered():
 @pytest.mark.parametrize("script", ["train/scripts/train_msrvtt.sh", "eval_t2v/scripts/eval_msvd.sh",
                                     "eval_v2t/scripts/eval_activitynet.sh", "train/scripts/train_didemo.sh"])
 def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
-    from modules.training.config import build_parser
+    from modules.evaluation.config import build_parser as eval_parser
+    from modules.training.config import build_parser as train_parser
 
     folder, name = os.path.split(os.path.join(ROOT, script))
     env = dict(os.environ, DRY_RUN="1", DATA_PATH="/data", OUTPUT_DIR=str(tmp_path), NGPU="2")
@@ -113,9 +114,12 @@ def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
-    assert words[:2] == ["torchrun", "--nproc_per_node=2"]
-    module = words[words.index("-m") + 1]
-    args = build_parser(module.split(".")[0]).parse_args(words[words.index("-m") + 2:])
+    assert words[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    at = words.index("-m", 3)  # the entry point's -m, after the launcher's
+    module = words[at + 1]
+    entry = module.split(".")[0]
+    parser = train_parser() if entry == "train" else eval_parser(entry[-3:])
+    args = parser.parse_args(words[at + 2:])
     assert args.output_dir == str(tmp_path)
     missing = subprocess.run(["sh", script], cwd=ROOT, env=dict(os.environ, DRY_RUN="1"), capture_output=True,
                              text=True)

@@ -11,6 +11,7 @@ DataLoader workers or GPUs. The epoch and the set of videos that failed to decod
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Any, Sequence
@@ -136,6 +137,15 @@ class RetrievalSplit(Dataset):
             logger.warning("%s %s: skipped %d bad videos of %d", self.name, self.split, len(bad), len(video_ids))
         bad_ids = {vid for vid, _, _ in bad}
         return np.array([vid not in bad_ids for vid in video_ids], dtype=bool)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The split's identity for results and exported models: counts, and a sha256 over its sorted
+        (video id, caption) pairs and video ids (row order and file layout do not change it; any edited caption,
+        added or dropped video does)."""
+        lines = sorted(f"{self.video_ids[v]}\t{c}" for c, v in zip(self.captions, self.caption_to_video))
+        digest = hashlib.sha256("\n".join(lines + sorted(self.video_ids)).encode("utf-8")).hexdigest()
+        return {"datatype": self.name, "split": self.split, "videos": len(self.video_ids),
+                "captions": len(self.captions), "sha256": digest}
 
     @property
     def undecodable(self) -> list[str]:

@@ -9,41 +9,36 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from modules.common.cli import option, setting
 from modules.common.errors import ConfigError
 
 
 @dataclass
 class DataConfig:
-    # Which dataset reader: msrvtt, msvd, activity, didemo or vatex (see modules.data.registry.DATASETS).
-    datatype: str = "msrvtt"
-    # MSR-VTT: the MSRVTT_data.json file (a folder holding it also works); other datasets: the annotation folder.
-    data_path: str = ""
-    # Folder of video files (searched recursively; the file name without extension is the video id).
-    features_path: str = ""
-    # MSR-VTT only: the training video list (MSRVTT_train.9k.csv or .7k.csv).
-    train_csv: str = ""
-    # MSR-VTT only: the JSFusion 1k-A test csv, which the published scripts pass as the validation csv.
-    val_csv: str = ""
-    # Text length in tokens including start and end token; longer captions are cut as the published loader does.
-    max_words: int = 32
-    # Frames per video after sampling; shorter videos are zero-padded and masked.
-    max_frames: int = 12
-    # Frames sampled per second of video (the paper: 1 frame/s from the 3 fps compressed files); an integer or 1/k.
-    feature_framerate: float = 1.0
-    # When a video yields more than max_frames: 0 = keep the head, 1 = keep the tail, 2 = uniform (the paper).
-    slice_framepos: int = 2
-    # Frame order in training: 0 = normal, 1 = reverse, 2 = shuffled (deterministic per seed, epoch and item).
-    train_frame_order: int = 0
-    # Frame order at evaluation, same codes.
-    eval_frame_order: int = 0
-    # MSR-VTT training: one item per caption (180k) instead of one per video with a caption drawn each epoch (9k).
-    expand_msrvtt_sentences: bool = False
-    # Side of the square frames given to CLIP (shorter side resized to it, then centre-cropped).
-    image_resolution: int = 224
-    # Drop missing, empty or undecodable videos (logged and counted) instead of stopping with an error.
-    skip_bad_videos: bool = False
-    # Seeds every data-side random choice (caption per video, shuffled frame order) together with epoch and index.
-    seed: int = 42
+    """What to read and how to sample frames and captions; field names are the published flags."""
+    datatype: str = option("msrvtt", "dataset reader: msrvtt, msvd, activity, didemo or vatex")
+    data_path: str = option("", "MSR-VTT: the MSRVTT_data.json file (or its folder); other datasets: the annotation "
+                            "folder")
+    features_path: str = option("", "folder of video files, searched recursively; the file name without extension is "
+                                "the video id")
+    train_csv: str = option("", "MSR-VTT only: the training video list (MSRVTT_train.9k.csv or .7k.csv)")
+    val_csv: str = option("", "MSR-VTT only: the JSFusion 1k-A test csv (the published scripts pass it as validation)")
+    max_words: int = option(32, "caption length in tokens including start and end token; longer captions are cut")
+    max_frames: int = option(12, "frames per video after sampling; shorter videos are zero-padded and masked")
+    feature_framerate: float = option(1.0, "frames sampled per second of video (the paper: 1 from 3 fps files); an "
+                                      "integer or 1/k")
+    slice_framepos: int = option(2, "when a video yields more than --max_frames: 0 keeps the head, 1 the tail, 2 a "
+                                 "uniform subset (the paper)", choices=(0, 1, 2))
+    train_frame_order: int = option(0, "frame order in training: 0 normal, 1 reversed, 2 shuffled (deterministic per "
+                                    "seed, epoch and item)", choices=(0, 1, 2), modes=("train",))
+    eval_frame_order: int = option(0, "frame order at evaluation: 0 normal, 1 reversed, 2 shuffled",
+                                   choices=(0, 1, 2))
+    expand_msrvtt_sentences: bool = option(False, "MSR-VTT training: one item per caption (180k) instead of one per "
+                                           "video with a caption drawn each epoch (9k)", modes=("train",))
+    skip_bad_videos: bool = option(False, "drop missing, empty or undecodable videos (logged and counted) instead of "
+                                   "stopping with an error")
+    image_resolution: int = setting(224, "CLIP's input side: shorter side resized to it, then centre-cropped")
+    seed: int = setting(42, "with epoch and index, seeds every data-side random choice; set from --seed")
 
     def __post_init__(self) -> None:
         self.validate()

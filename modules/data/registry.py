@@ -29,7 +29,8 @@ DATASETS: dict[str, DatasetEntry] = {
 }
 
 
-def _entry(datatype: str) -> DatasetEntry:
+def dataset_entry(datatype: str) -> DatasetEntry:
+    """The registered dataset of ``--datatype``, or a one-line error listing the valid names."""
     if datatype not in DATASETS:
         raise ConfigError(f"unknown --datatype {datatype!r}; valid: {', '.join(DATASETS)}")
     return DATASETS[datatype]
@@ -37,7 +38,7 @@ def _entry(datatype: str) -> DatasetEntry:
 
 def has_val_split(datatype: str) -> bool:
     """Whether the dataset has a validation split distinct from its test split."""
-    return _entry(datatype).has_val
+    return dataset_entry(datatype).has_val
 
 
 def build_split(cfg: DataConfig, split: str) -> RetrievalSplit:
@@ -50,7 +51,7 @@ def build_split(cfg: DataConfig, split: str) -> RetrievalSplit:
     Returns:
         RetrievalSplit.
     """
-    entry = _entry(cfg.datatype)
+    entry = dataset_entry(cfg.datatype)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if split == "val" and not entry.has_val:

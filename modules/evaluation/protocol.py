@@ -1,81 +1,45 @@
 """The evaluation protocol of ``eval_t2v`` / ``eval_v2t``: raw, SK-norm and DSL side by side, overall and per level.
 
-Writes ``<output_dir>/results_<direction>.json`` (design.md format) and prints a table. ``--save_sims`` adds the
-per-level test and bank similarity matrices as ``.npy``; ``--feature_cache DIR`` keeps the encoded test features and
-bank similarities so that a second run only scores.
+Writes ``<output_dir>/results_<direction>.json`` (format in the README, "Evaluation") and the resolved configuration
+``config_<direction>.json``, and prints a table. ``--save_sims`` adds the per-level test and bank similarity matrices
+as ``.npy`` and ``sims_<direction>_items.json``, the captions and videos of the test matrices' rows and columns (what
+``scripts/report.py`` reads); ``--feature_cache DIR`` keeps the encoded test features and bank similarities so that a
+second run only scores. ``--zero_shot`` evaluates plain CLIP (``modules.model.zero_shot``) the same way.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import os
 import time
 
 import cv2
 import numpy as np
-import torch
 
 from modules.common.errors import ConfigError
-from modules.common.io import atomic_save, atomic_write, read_checkpoint, write_json
-from modules.common.runtime import Runtime
+from modules.common.io import atomic_write, prepare_output_dir, write_json
+from modules.common.runtime import Runtime, run_entry, setup, setup_logging
 from modules.data import build_split
+from modules.evaluation.config import EvalConfig, parse_args
 from modules.evaluation.encoding import (
-    LEVELS,
     EvalOptions,
     TestFeatures,
     add_bias,
     bank_scores,
     combine,
     dsl,
-    encode_test_set,
     metrics_for,
     score_test,
     sk_biases,
 )
-from modules.model.build import build_model_from_checkpoint
-from modules.model.features import TextFeatures, VideoFeatures
-from modules.training.config import RunConfig
+from modules.evaluation.feature_cache import FeatureCache, bank_key, test_features, test_key
+from modules.model.build import build_model_from_checkpoint, build_zero_shot, trained_settings
 
 logger = logging.getLogger("ucofia")
 NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 BANK_SOURCE = {"t2v": "every caption of the training split", "v2t": "every video of the training split, once"}
 
 
-def _cache_key(cfg: RunConfig, split_name: str) -> str:
-    stat = os.stat(cfg.init_model)
-    data = {k: v for k, v in vars(cfg.data).items() if k not in ("skip_bad_videos", "seed", "train_frame_order")}
-    ident = {"checkpoint": os.path.abspath(cfg.init_model), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-             "model": vars(cfg.model), "data": data, "split": split_name, "precision": cfg.precision}
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _load_cached(path: str, rt: Runtime):
-    if path and os.path.isfile(path):
-        obj = read_checkpoint(path)
-        logger.info("features read from cache %s", path)
-        return {k: (v.to(rt.device) if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}
-    return None
-
-
-def _save_cached(obj: dict, path: str, rt: Runtime) -> None:
-    if path and rt.is_main:
-        atomic_save({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}, path)
-
-
-def test_features(model, split, rt: Runtime, opts: EvalOptions, cache_path: str) -> TestFeatures:
-    cached = _load_cached(cache_path, rt)
-    if cached is not None:
-        text = TextFeatures(**{k[5:]: v for k, v in cached.items() if k.startswith("text.")})
-        video = VideoFeatures(**{k[6:]: v for k, v in cached.items() if k.startswith("video.")})
-        return TestFeatures(text, video, cached["caption_to_video"].cpu(), cached["text_index"].cpu(),
-                            cached["video_index"].cpu())
-    feats = encode_test_set(model, split, rt, opts)
-    obj = {f"text.{k}": v for k, v in feats.text.to_dict().items()}
-    obj.update({f"video.{k}": v for k, v in feats.video.to_dict().items()})
-    obj.update(caption_to_video=feats.caption_to_video, text_index=feats.text_index, video_index=feats.video_index)
-    _save_cached(obj, cache_path, rt)
-    return feats
 
 
 def format_table(title: str, rows: dict[str, dict]) -> str:
@@ -87,31 +51,55 @@ def format_table(title: str, rows: dict[str, dict]) -> str:
 
 def split_counts(split, num_texts: int, num_videos: int) -> dict:
     """What was dropped from the annotation's test split, so that the counts add up to what it lists:
-    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos."""
+    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos. Features of another
+    split (a bug) stop here instead of giving a negative count."""
+    if num_videos > split.listed_videos or num_texts > split.listed_texts:
+        raise RuntimeError(f"{num_texts} texts and {num_videos} videos encoded for a split listing "
+                           f"{split.listed_texts} and {split.listed_videos}: the features belong to another split")
     return {"skipped_videos": split.listed_videos - num_videos, "skipped_texts": split.listed_texts - num_texts,
             "annotation": {"texts": split.listed_texts, "videos": split.listed_videos, "left_out": split.left_out}}
 
 
-def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
-    """Evaluate ``--init_model`` on the test split in one direction; returns the results dict (also written)."""
-    if not cfg.init_model:
-        raise ConfigError("--init_model is required: the checkpoint to evaluate (set CKPT in the eval script)")
+def settings_from_checkpoint(cfg: EvalConfig) -> None:
+    """Model settings (and caption / frame counts) the checkpoint was trained with, unless given explicitly; an
+    explicit flag that contradicts the checkpoint is an error naming both values."""
+    explicit = set(cfg.explicit)
+    cfg.model = trained_settings(cfg.init_model, cfg.model, explicit)
+    if (cfg.model.max_words, cfg.model.max_frames) != (cfg.data.max_words, cfg.data.max_frames):
+        logger.info("--max_words %d --max_frames %d, as the checkpoint was trained", cfg.model.max_words,
+                    cfg.model.max_frames)
+        cfg.data = dataclasses.replace(cfg.data, max_words=cfg.model.max_words, max_frames=cfg.model.max_frames)
+
+
+def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
+    """Evaluate ``--init_model`` (or zero-shot CLIP) on the test split in one direction; returns the results dict
+    (also written)."""
+    if not cfg.init_model and not cfg.zero_shot:
+        raise ConfigError("--init_model is required: the checkpoint to evaluate (set CKPT in the eval script), "
+                          "or --zero_shot for plain CLIP")
     started = time.time()
-    model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
+    if cfg.zero_shot:
+        model = build_zero_shot(cfg.pretrained_clip_name, cfg.model.max_words, cfg.model.max_frames, cfg.precision,
+                                rt.device)
+    else:
+        settings_from_checkpoint(cfg)
+        model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
     opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
                        precision=cfg.precision, sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
     test_split = build_split(cfg.data, "test")
     train_split = build_split(cfg.data, "train")
-    key = _cache_key(cfg, "test") if cfg.feature_cache else ""
-    cache = (lambda name: os.path.join(cfg.feature_cache, key, name)) if cfg.feature_cache else (lambda name: "")
+    cache = FeatureCache(cfg.feature_cache, test_key(cfg, rt, test_split) if cfg.feature_cache else "", rt)
 
-    feats = test_features(model, test_split, rt, opts, cache("test_features.pt"))
+    feats = test_features(model, test_split, rt, opts, cache)
     t_encoded = time.time()
     levels = score_test(model, feats, rt)
-    bank = _load_cached(cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+    key = bank_key(cache.key, train_split, direction, opts) if cfg.feature_cache else ""
+    name = f"bank_{direction}_{key[:12]}.pt"
+    bank = cache.load(name, key)
+    names = list(levels)
     if bank is None:
         bank = bank_scores(model, train_split, feats, direction, rt, opts)
-        _save_cached(bank, cache(f"bank_{direction}_{cfg.sk_bank_size}.pt"), rt)
+        cache.save(name, key, bank)
     bias = sk_biases(bank, cfg.sk_iters)
     c2v = feats.caption_to_video
     raw = combine(levels)
@@ -126,27 +114,31 @@ def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
                     "dsl": metrics_for(dsl(raw, direction), c2v, direction)},
         "levels": {k: {"raw": metrics_for(levels[k], c2v, direction),
                        "sk_norm": metrics_for(add_bias(levels[k], bias[k], direction), c2v, direction)}
-                   for k in LEVELS},
-        "sk_bank": {"source": BANK_SOURCE[direction], "size": int(bank[LEVELS[0]].shape[0]),
+                   for k in names},
+        "sk_bank": {"source": BANK_SOURCE[direction], "size": int(bank[names[0]].shape[0]),
                     "iterations": cfg.sk_iters},
         "notes": {"dsl": "normalised over the test queries: uses test-set statistics, not comparable to raw/SK-norm",
                   "decoder": f"OpenCV {cv2.__version__}"},
         **split_counts(test_split, int(c2v.numel()), int(feats.video.frames.shape[0])),
         "checkpoint": cfg.init_model,
+        "model": f"zero-shot CLIP {cfg.pretrained_clip_name}" if cfg.zero_shot else "UCoFiA",
+        "data_version": test_split.fingerprint(),
         "seconds": {"encode": round(t_encoded - started, 2), "total": round(time.time() - started, 2)},
     }
     if rt.is_main:
         os.makedirs(cfg.output_dir, exist_ok=True)
         write_json(results, os.path.join(cfg.output_dir, f"results_{direction}.json"))
+        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, f"config_{direction}.json"))
         if cfg.save_sims:
-            for k in LEVELS:
+            write_json(matrix_items(test_split, feats), os.path.join(cfg.output_dir, f"sims_{direction}_items.json"))
+            for k in names:
                 for part, sims in (("test", levels[k]), ("bank", bank[k])):
                     array = sims.cpu().numpy()
                     atomic_write(os.path.join(cfg.output_dir, f"sims_{direction}_{part}_{k}.npy"),
                                  lambda f, array=array: np.save(f, array))
         rows = {"raw": results["metrics"]["raw"], "SK-norm (paper protocol)": results["metrics"]["sk_norm"],
                 "DSL* (test-query statistics)": results["metrics"]["dsl"]}
-        rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in LEVELS})
+        rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in names})
         skipped = (f" ({results['skipped_videos']} of the annotation's {test_split.listed_videos} videos skipped, "
                    f"with {results['skipped_texts']} captions)" if results["skipped_videos"] else "")
         title = (f"{cfg.data.datatype} test, {NAMES[direction]}: {results['num_texts']} captions x "
@@ -156,14 +148,21 @@ def run_evaluation(cfg: RunConfig, rt: Runtime, direction: str) -> dict:
     return results
 
 
+def matrix_items(split, feats: TestFeatures) -> dict:
+    """What the rows and columns of the saved test matrices are: each row's caption and the column of its video,
+    each column's video id, file and clip window (in seconds, or None)."""
+    videos = feats.video_index.tolist()
+    return {"captions": [split.captions[i] for i in feats.text_index.tolist()],
+            "caption_to_video": feats.caption_to_video.tolist(),
+            "video_ids": [split.video_ids[i] for i in videos],
+            "video_paths": [os.path.abspath(split.video_paths[i]) for i in videos],
+            "windows": [split.windows[i] for i in videos]}
+
+
 def eval_main(argv, direction: str) -> int:
     """Entry point body of ``eval_t2v`` / ``eval_v2t``; the two differ in ``direction`` only."""
-    from modules.common.io import prepare_output_dir
-    from modules.common.runtime import run_entry, setup, setup_logging
-    from modules.training.config import parse_args
-
     def run() -> int:
-        cfg = parse_args(argv, "eval_" + direction)
+        cfg = parse_args(argv, direction)
         prepare_output_dir(cfg.output_dir)
         rt = setup(cfg.device, cfg.seed, cfg.deterministic)
         setup_logging(rt.rank, os.path.join(cfg.output_dir, f"log_eval_{direction}.txt"))

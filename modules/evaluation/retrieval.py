@@ -2,8 +2,8 @@
 
     load_tool(checkpoint)       the model with the settings it was trained with (``config`` saved in the checkpoint)
     update_index(tool, files)   features of every video in a folder, cached in one file; only new or changed files
-                                (path, size, modification time) are encoded, and only with the same checkpoint and
-                                settings
+                                (path, size, modification and status-change times) are encoded, and only with the
+                                same checkpoint file, settings, device type, code and library versions
     score(tool, text, videos)   per-level logits and their mean, exactly as the evaluation's raw scores
 
 SK-norm needs a bank of training captions or videos, which a folder of your own videos does not have: scores here are
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,23 +20,30 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from modules.common.cache_keys import cache_key, code_version, file_identity, file_stamp, software_versions
+from modules.common.cli import add_options
 from modules.common.errors import CheckpointError, ConfigError, DataError
-from modules.common.io import atomic_save, read_checkpoint
+from modules.common.io import atomic_save, read_checkpoint, weights_file
+from modules.common.options import DEVICES
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
 from modules.evaluation.encoding import EvalOptions, combine, gather_all, iter_video_features
-from modules.model.build import build_model_from_checkpoint
+from modules.model.build import build_model_from_checkpoint, saved_config, trained_settings
 from modules.model.features import TextFeatures, VideoFeatures
 from modules.model.similarity import LEVELS
 from modules.model.tokenizer import text_mask, tokenize
 from modules.model.ucofia import ModelConfig, UCoFiA
 
 logger = logging.getLogger("ucofia")
-INDEX_FORMAT = "ucofia-video-index-v1"
+INDEX_FORMAT = "ucofia-video-index-v2"  # v2: keys from modules.common.cache_keys, files stamped with ctime too
 # Model settings a tool may override (e.g. for a published checkpoint, which saves none); the rest must match.
-MODEL_FLAGS = ("max_words", "max_frames", "topk", "sim_header", "patch_scorer", "mask_padding", "eval_topk")
+MODEL_FLAGS = ("max_words", "max_frames", "topk", "sim_header", "patch_scorer", "mask_padding", "eval_topk",
+               "shift_layers", "temporal_layers")
 # Frame sampling settings read from the checkpoint's data config, overridable too.
 SAMPLING_FLAGS = ("feature_framerate", "slice_framepos")
+# Data settings a tool's video features depend on (the index key holds them).
+INDEX_DATA_FIELDS = ("max_words", "max_frames", "feature_framerate", "slice_framepos", "eval_frame_order",
+                     "image_resolution")
 
 
 @dataclass
@@ -48,57 +53,43 @@ class Tool:
     data: DataConfig
     rt: Runtime
     precision: str
-    key: str  # checkpoint file (path, size, mtime) + model and sampling settings + precision
+    key: str  # what every video feature depends on: checkpoint file, settings, device type, code and libraries
 
 
 def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the tools: checkpoint, device, precision and the model/sampling overrides."""
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.main (or the published one)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    """Flags shared by the tools: checkpoint, device, precision and the model/sampling settings."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of train.main, an exported model folder, or the published checkpoint")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    g = parser.add_argument_group("model settings (default: those saved in the checkpoint, else the published ones)")
-    g.add_argument("--max_words", type=int)
-    g.add_argument("--max_frames", type=int)
-    g.add_argument("--topk", type=int)
-    g.add_argument("--sim_header", choices=["seqTransf", "meanP"])
-    g.add_argument("--patch_scorer", choices=["video", "frame"])
-    g.add_argument("--mask_padding", type=int, choices=[0, 1])
-    g.add_argument("--eval_topk", choices=["perturbed", "hard"])
-    g.add_argument("--feature_framerate", type=float)
-    g.add_argument("--slice_framepos", type=int, choices=[0, 1, 2])
+    add_setting_arguments(parser)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and frame-sampling settings, generated from the config dataclasses; one not given comes from the
+    checkpoint (see ``tool_overrides``)."""
+    add_options(parser, DataConfig, "frame and caption settings (default: the checkpoint's)", "tool",
+                only=("max_words", "max_frames") + SAMPLING_FLAGS)
+    add_options(parser, ModelConfig, "model settings (default: the checkpoint's)", "tool", only=MODEL_FLAGS)
 
 
 def tool_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The model/sampling flags given on the command line (None: not given)."""
-    out = {k: getattr(args, k) for k in MODEL_FLAGS + SAMPLING_FLAGS}
-    if out["mask_padding"] is not None:
-        out["mask_padding"] = bool(out["mask_padding"])
-    return out
-
-
-def _saved_config(path: str) -> dict:
-    """The ``config`` saved in a checkpoint of ours ({} for a bare state dict), without reading the weights."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
-    except Exception:
-        obj = read_checkpoint(path)  # raises the one-line CheckpointError for whatever is wrong
-    config = obj.get("config") if isinstance(obj, dict) else None
-    return config if isinstance(config, dict) else {}
+    """The model/sampling flags given on the command line."""
+    return {k: getattr(args, k) for k in MODEL_FLAGS + SAMPLING_FLAGS if hasattr(args, k)}
 
 
 def tool_settings(checkpoint: str, overrides: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
-    """Model settings and frame sampling a checkpoint was trained with, ``overrides`` (not None) winning.
+    """Model settings and frame sampling a checkpoint was trained with; an override (not None) of a trained model
+    setting must agree with the checkpoint, the eval-time ones (``--eval_topk``) and the sampling win.
 
     Returns:
         (ModelConfig, {"feature_framerate", "slice_framepos"}).
     """
-    saved = _saved_config(checkpoint)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = {k: v for k, v in (saved.get("model") or {}).items() if k in known}
-    model.update({k: overrides[k] for k in MODEL_FLAGS if overrides.get(k) is not None})
-    sampling = {k: v for k, v in (saved.get("data") or {}).items() if k in SAMPLING_FLAGS}
+    given = {k: overrides[k] for k in MODEL_FLAGS if overrides.get(k) is not None}
+    model = trained_settings(checkpoint, ModelConfig(**given), given)
+    sampling = {k: v for k, v in (saved_config(checkpoint).get("data") or {}).items() if k in SAMPLING_FLAGS}
     sampling.update({k: overrides[k] for k in SAMPLING_FLAGS if overrides.get(k) is not None})
-    return ModelConfig(**model), sampling
+    return model, sampling
 
 
 def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] = None,
@@ -108,11 +99,10 @@ def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] 
     model, _ = build_model_from_checkpoint(checkpoint, model_cfg, precision, rt.device)
     data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
                       image_resolution=model.clip.config.image_resolution, **sampling)
-    stat = os.stat(checkpoint)
-    ident = {"checkpoint": os.path.abspath(checkpoint), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-             "model": dataclasses.asdict(model_cfg), "precision": precision,
-             "sampling": {k: getattr(data, k) for k in SAMPLING_FLAGS + ("image_resolution",)}}
-    key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = cache_key({"format": INDEX_FORMAT, "code": code_version(), "software": software_versions(),
+                     "checkpoint": file_identity(weights_file(checkpoint)), "model": dataclasses.asdict(model_cfg),
+                     "precision": precision, "device": rt.device.type,
+                     "data": {k: v for k, v in dataclasses.asdict(data).items() if k in INDEX_DATA_FIELDS}})
     return Tool(model, data, rt, precision, key)
 
 
@@ -166,10 +156,11 @@ def _read_index(path: str, key: str) -> Optional[dict]:
     except CheckpointError as e:
         raise ConfigError(f"--index {path} exists and is not a video index ({e}); delete it or choose another "
                           f"path") from None
-    if obj.get("format") != INDEX_FORMAT:
+    if not str(obj.get("format", "")).startswith(INDEX_FORMAT.rsplit("-", 1)[0]):
         raise ConfigError(f"--index {path} exists and is not a video index; delete it or choose another path")
-    if obj.get("key") != key:
-        logger.info("%s was made with another checkpoint or other settings: encoding every video again", path)
+    if obj.get("format") != INDEX_FORMAT or obj.get("key") != key:
+        logger.info("%s was made with another checkpoint, other settings or another version: encoding every video "
+                    "again", path)
         return None
     return obj
 
@@ -178,8 +169,9 @@ def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size:
                  workers: int = 0) -> VideoIndex:
     """Bring the index of the video files ``videos`` (e.g. ``list_videos(folder)``) up to date and return it.
 
-    Cached features are reused for files with the same path, size and modification time; new or changed files are
-    encoded; files that are gone are dropped. The index file is rewritten atomically when anything changed.
+    Cached features are reused for files with the same path, size, modification and status-change times (any
+    rewrite of a file changes the last); new or changed files are encoded; files that are gone are dropped. The index
+    file is rewritten atomically when anything changed.
 
     Raises:
         DataError: not one file can be decoded.
@@ -187,18 +179,12 @@ def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size:
     paths = [os.path.abspath(p) for p in videos]
     if not paths:
         raise DataError("no video files to index")
-    stamps: dict[str, Optional[tuple[int, int]]] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stamps[p] = (st.st_size, st.st_mtime_ns)
-        except OSError:  # e.g. a dangling link: decoding it fails and names it
-            stamps[p] = None
+    stamps = {p: file_stamp(p) for p in paths}  # None for e.g. a dangling link: decoding it fails and names it
     cached = _read_index(index_path, tool.key)
     rows: dict[str, tuple[Optional[VideoFeatures], int]] = {}   # path -> (features or None, row in ``cached``)
     if cached is not None:
-        for row, (p, size, mtime) in enumerate(zip(cached["paths"], cached["sizes"], cached["mtimes"])):
-            if stamps.get(p) == (size, mtime):
+        for row, (p, stamp) in enumerate(zip(cached["paths"], cached["stamps"])):
+            if stamp is not None and stamps.get(p) == stamp:
                 rows[p] = (None, row)
     todo = [p for p in paths if p not in rows]
     skipped: list[str] = []
@@ -222,7 +208,7 @@ def update_index(tool: Tool, videos: Sequence[str], index_path: str, batch_size:
     index = VideoIndex(order, VideoFeatures.cat(parts), encoded=encoded, reused=len(order) - encoded, skipped=skipped)
     if cached is None or index.encoded or len(order) != len(cached["paths"]):
         atomic_save({"format": INDEX_FORMAT, "key": tool.key, "paths": order,
-                     "sizes": [stamps[p][0] for p in order], "mtimes": [stamps[p][1] for p in order],
+                     "stamps": [stamps[p] for p in order],
                      "features": index.features.to_dict()}, index_path)
     return index
 

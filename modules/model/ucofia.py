@@ -1,4 +1,4 @@
-"""UCoFiA: CLIP encoders -> text and video features -> three similarity levels (paper-notes §3).
+"""UCoFiA: CLIP encoders -> text and video features -> three similarity levels.
 
     text  --CLIP text tower-->  sentence (end token) [Nt, D], words [Nt, L, D], word_mask [Nt, L]
     video --CLIP ViT, token shift in the last blocks-->  tokens [B, F, 1+P, D]
@@ -8,9 +8,10 @@
     explain(caption, video) -> the selected patches and ISA weights behind one pair's scores (for pictures)
 
 Encoding and scoring are separate so that features can be gathered across ranks, cached and scored in blocks.
-Faithful to the released checkpoint, without the published code's bugs (design.md): padded words and frames are
-masked unless ``mask_padding`` is off, eval-time patch selection is deterministic, and the shift is parameter-free so
-checkpoints round-trip exactly.
+The formulas: docs/architecture.md, "The method as the code computes it". Faithful to the released checkpoint,
+without the published code's bugs (same file, "Faithful to the published model, without its bugs"): padded words
+and frames are masked unless ``mask_padding`` is off, eval-time patch selection is deterministic, and the shift is
+parameter-free so checkpoints round-trip exactly.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from modules.common.cli import int_list, option, setting, zero_or_one
 from modules.common.errors import ConfigError
 from modules.model.clip import CLIP
 from modules.model.features import TextFeatures, VideoFeatures
@@ -48,25 +50,34 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ModelConfig:
-    """The model's own settings; every number of the method is a named field. JSON-serialisable via ``asdict``."""
-    max_words: int = 32              # L: caption tokens; sizes the word ISA matrices (published 32)
-    max_frames: int = 12             # F: frames per video; sizes the frame ISA matrix and the shift's frame groups
-    sim_header: str = "seqTransf"    # temporal module of the video level: seqTransf | meanP
-    temporal_layers: int = 4         # seqTransf depth, copied from CLIP's first text layers (--cross_num_hidden_layers)
-    patch_scorer: str = "video"      # video: first-release 1024-in scorer with video context; frame: later TS2-Net one
-    topk: int = 3                    # K: patches selected per frame (each frame gives 1 + K tokens)
-    topk_samples: int = 500          # noise samples of the perturbed top-K
-    topk_sigma: float = 0.05         # noise scale of the perturbed top-K
-    isa_tau: float = 0.01            # temperature of both ISA softmaxes
-    shift_layers: tuple[int, ...] = (-2, -1)  # ViT blocks with token shift (negative from the end: 10, 11 of 12)
-    shift_div: int = 7               # shifted positions are every tokens // shift_div (7 for 50 tokens)
-    shift_offset: int = 3            # positions read from frame t+1 start at 1 + shift_offset
-    mask_padding: bool = True        # False reproduces the published unmasked ISA softmaxes, shift and scorer context
-    eval_topk: str = "perturbed"     # eval-time selection: perturbed with fixed-seed noise | hard top-K
-    eval_noise_seed: int = 0         # seed of the one eval noise tensor shared by every video
-    score_block_bytes: int = 32 << 20  # memory budget of one patch-word block when scoring many texts x videos
-    scorer_init_std: float = 0.02    # std of the scorer's Linear weights (the published init_weights range)
-    temporal_ln_eps: float = 1e-12   # LayerNorm eps of the temporal transformer (CLIP4Clip's cross-module LayerNorm)
+    """The model's own settings; every number of the method is a named field. JSON-serialisable via ``asdict``.
+
+    ``TRAINED`` settings shape the weights or what they learnt: evaluating with other values is refused. The rest are
+    choices of how to run a trained model."""
+    max_words: int = setting(32, "L: caption tokens; sizes the word ISA matrices (published 32); from --max_words")
+    max_frames: int = setting(12, "F: frames per video; sizes the frame ISA matrix and the shift's frame groups")
+    sim_header: str = option("seqTransf", "temporal module of the video level: seqTransf (transformer) or meanP",
+                             choices=SIM_HEADERS)
+    temporal_layers: int = option(4, "depth of the seqTransf module, initialised from CLIP's first text layers",
+                                  flag="cross_num_hidden_layers")
+    patch_scorer: str = option("video", "patch scorer: video (first release: 1024-in, video context) or frame (later "
+                               "release, TS2-Net style)", choices=PATCH_SCORERS)
+    topk: int = option(3, "K: patches selected per frame (each frame gives 1 + K tokens)")
+    topk_samples: int = setting(500, "noise samples of the perturbed top-K (published)")
+    topk_sigma: float = setting(0.05, "noise scale of the perturbed top-K (published)")
+    isa_tau: float = setting(0.01, "temperature of both ISA softmaxes (published)")
+    shift_layers: tuple[int, ...] = option((-2, -1), "ViT blocks with the temporal token shift, comma-separated "
+                                           "(negative: from the end; empty: none)", parse=int_list)
+    shift_div: int = setting(7, "shifted positions are every tokens // shift_div (7 for 50 tokens, published)")
+    shift_offset: int = setting(3, "positions read from frame t+1 start at 1 + shift_offset (published)")
+    mask_padding: bool = option(True, "1: padded words and frames are masked out of ISA; 0: the published behaviour",
+                                parse=zero_or_one, metavar="{0,1}")
+    eval_topk: str = option("perturbed", "patch selection at evaluation: perturbed (fixed-seed noise) or hard top-K",
+                            choices=EVAL_TOPK)
+    eval_noise_seed: int = setting(0, "seed of the one eval noise tensor shared by every video")
+    score_block_bytes: int = setting(32 << 20, "memory budget of one patch-word block when scoring many pairs")
+    scorer_init_std: float = setting(0.02, "std of the scorer's Linear weights (the published init_weights range)")
+    temporal_ln_eps: float = setting(1e-12, "LayerNorm eps of the temporal transformer (CLIP4Clip's)")
 
     def __post_init__(self):
         self.shift_layers = tuple(int(layer) for layer in self.shift_layers)
@@ -85,6 +96,12 @@ class ModelConfig:
             if not ok:
                 raise ConfigError(message)
 
+
+
+# Settings a checkpoint was trained with; an evaluation that contradicts one of them is refused.
+TRAINED = ("max_words", "max_frames", "sim_header", "temporal_layers", "patch_scorer", "topk", "topk_samples",
+           "topk_sigma", "isa_tau", "shift_layers", "shift_div", "shift_offset", "mask_padding", "scorer_init_std",
+           "temporal_ln_eps")
 
 
 @dataclass
@@ -109,6 +126,8 @@ class UCoFiA(nn.Module):
         clip: the backbone; token shift is installed in its ViT blocks ``config.shift_layers``.
         config: ``ModelConfig``.
     """
+
+    level_names = LEVELS  # the keys of ``similarity_levels``; evaluation scores whatever levels a model names
 
     def __init__(self, clip: CLIP, config: ModelConfig):
         super().__init__()

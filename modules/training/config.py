@@ -1,178 +1,87 @@
-"""Command line of the entry points: the published flag names and defaults, mapped to typed configs.
+"""The command line of ``train/main.py``, generated from the config dataclasses (``python -m train.main --help``).
 
-Each flag is read by exactly one config field. ``parse_args(argv, mode)`` returns a ``RunConfig`` whose parts go to
-their consumers: ``model`` to ``UCoFiA``, ``data`` to the datasets, ``optim`` to the optimiser, the rest to the
-engine. ``RunConfig.to_dict()`` is the resolved configuration written beside every run and into checkpoints.
+Each flag is one dataclass field with its default and help text: run options (``RunOptions``), data
+(``DataConfig``), model (``ModelConfig``), optimiser (``OptimConfig``) and the training options below. The resolved
+``TrainConfig.to_dict()`` is written beside every run and into every checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
+from modules.common.cli import add_options, new_parser, option, parse, values
 from modules.common.errors import ConfigError
+from modules.common.options import RunOptions, validate_run
 from modules.data.config import DataConfig
+from modules.data.registry import dataset_entry
 from modules.model.ucofia import ModelConfig
 from modules.training.optim import OptimConfig
 
-PRECISIONS = ("fp32", "bf16", "legacy_fp16")
+MODE = "train"
 
 
 @dataclass
-class RunConfig:
-    """Everything an entry point needs besides the model, data and optimiser configs."""
-    model: ModelConfig
-    data: DataConfig
-    optim: OptimConfig
-    mode: str                               # "train", "eval_t2v" or "eval_v2t"
-    do_train: bool = False
-    do_eval: bool = False
-    output_dir: str = "outputs"
-    pretrained_clip_name: str = "ViT-B/32"  # OpenAI name, weights file, or random:<arch>
-    init_model: Optional[str] = None        # weights to start from (ours or the published code's)
-    resume_model: Optional[str] = None      # a training checkpoint to continue exactly
-    epochs: int = 5
-    batch_size: int = 128                   # global batch (all processes together), as published
-    batch_size_val: int = 32                # global batch for encoding at evaluation
-    gradient_accumulation_steps: int = 1
-    num_thread_reader: int = 1              # data-loading worker processes per process
-    n_display: int = 100                    # log every n optimiser steps
-    seed: int = 42
-    precision: str = "fp32"                 # fp32 | bf16 (autocast) | legacy_fp16 (CLIP weights in fp16, published)
-    grad_checkpointing: bool = False        # recompute CLIP activations in backward: less memory, ~30% slower
-    freeze_layer_num: int = 0               # published: freeze CLIP blocks below this and the embeddings; -1 none
-    skip_nonfinite_loss: bool = False       # skip a step whose loss is NaN/inf instead of stopping
-    checkpoint_every: int = 0               # also checkpoint every n optimiser steps inside an epoch (0: epoch ends)
-    max_steps: int = 0                      # stop after this many optimiser steps (0: no limit); for smoke runs
-    deterministic: bool = False             # deterministic kernels (exact resume / cross-run equality on CPU)
-    sk_iters: int = 4                       # SK-norm Sinkhorn-Knopp iterations, published
-    sk_bank_size: int = 0                   # 0: the whole training split as SK bank; N: a fixed subsample of N
-    save_sims: bool = False                 # write per-level test and bank similarity matrices as .npy
-    feature_cache: Optional[str] = None     # folder caching encoded features, so a second run only scores
-    device: str = "auto"                    # auto | cpu | cuda
-    extra: dict = field(default_factory=dict)
+class TrainOptions:
+    do_train: bool = option(False, "train (the default of train/main.py unless --do_eval is given alone)")
+    resume_model: Optional[str] = option(None, "a training checkpoint (checkpoints/last.pth) to continue exactly")
+    epochs: int = option(5, "training epochs")
+    batch_size: int = option(128, "global batch over all processes and accumulation steps (published: 128)")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step (same result, less memory)")
+    freeze_layer_num: int = option(0, "published: freeze CLIP blocks below this number and the embeddings; -1 none")
+    grad_checkpointing: bool = option(False, "recompute CLIP activations in the backward pass: less memory, ~30% "
+                                      "slower")
+    n_display: int = option(100, "log the loss every n optimiser steps")
+    skip_nonfinite_loss: bool = option(False, "skip a step whose loss is NaN or inf (counted) instead of stopping")
+    checkpoint_every: int = option(0, "also write checkpoints/last.pth every n optimiser steps (0: at epoch ends)")
+    max_steps: int = option(0, "stop after this many optimiser steps (0: no limit); for smoke runs")
+    loose_type: bool = option(False, "accepted for the published scripts; UCoFiA is always the loose type")
+    linear_patch: str = option("2d", "accepted for the published scripts; CLIP's 2d patch embedding",
+                               choices=("2d",))
+
+
+@dataclass
+class TrainConfig(TrainOptions, RunOptions):
+    """Everything a training run reads; ``model``, ``data`` and ``optim`` go to their consumers."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mode: str = MODE
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip() != "")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+SECTIONS = ((RunOptions, "run"), (TrainOptions, "training"), (DataConfig, "data"), (ModelConfig, "model"),
+            (OptimConfig, "optimisation"))
 
 
-def build_parser(mode: str) -> argparse.ArgumentParser:
-    """The parser of ``train`` or ``eval_t2v`` / ``eval_v2t``; both know every flag so scripts can share lines."""
-    d, m = DataConfig(datatype="msrvtt", data_path="", features_path="", train_csv="", val_csv=""), ModelConfig()
-    o = OptimConfig()
-    p = argparse.ArgumentParser(prog=f"python -m {mode}.main", description=f"UCoFiA {mode}")
-    g = p.add_argument_group("run")
-    g.add_argument("--do_train", action="store_true", help="train (train/main.py)")
-    g.add_argument("--do_eval", action="store_true", help="evaluate (default for the eval entry points)")
-    g.add_argument("--output_dir", required=True, help="folder for checkpoints, logs and results")
-    g.add_argument("--init_model", default=None, help="weights to start from: ours or the published code's")
-    g.add_argument("--resume_model", default=None, help="training checkpoint to continue exactly")
-    g.add_argument("--pretrained_clip_name", default="ViT-B/32",
-                   help="ViT-B/32 (weights read from modules/ViT-B-32.pt), a weights file, or random:<arch>")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--datatype", default="msrvtt", help="msrvtt | msvd | activity | didemo | vatex")
-    g.add_argument("--train_csv", default=d.train_csv)
-    g.add_argument("--val_csv", default=d.val_csv)
-    g.add_argument("--data_path", default=d.data_path, help="annotation file (MSR-VTT) or folder")
-    g.add_argument("--features_path", default=d.features_path, help="video folder")
-    g.add_argument("--max_words", type=int, default=d.max_words)
-    g.add_argument("--max_frames", type=int, default=d.max_frames)
-    g.add_argument("--feature_framerate", type=float, default=d.feature_framerate)
-    g.add_argument("--slice_framepos", type=int, default=d.slice_framepos, choices=[0, 1, 2])
-    g.add_argument("--train_frame_order", type=int, default=d.train_frame_order, choices=[0, 1, 2])
-    g.add_argument("--eval_frame_order", type=int, default=d.eval_frame_order, choices=[0, 1, 2])
-    g.add_argument("--expand_msrvtt_sentences", action="store_true")
-    g.add_argument("--skip_bad_videos", action="store_true",
-                   help="drop missing/undecodable videos (logged and counted) instead of stopping")
-    g.add_argument("--num_thread_reader", type=int, default=1)
-
-    g = p.add_argument_group("model")
-    g.add_argument("--sim_header", default=m.sim_header, choices=["seqTransf", "meanP"])
-    g.add_argument("--cross_num_hidden_layers", type=int, default=m.temporal_layers)
-    g.add_argument("--patch_scorer", default=m.patch_scorer, choices=["video", "frame"])
-    g.add_argument("--topk", type=int, default=m.topk, help="patches selected per frame (K)")
-    g.add_argument("--shift_layers", type=_int_list, default=m.shift_layers,
-                   help="ViT blocks with the temporal token shift (negative: from the end); empty string: none")
-    g.add_argument("--mask_padding", type=int, default=int(m.mask_padding), choices=[0, 1],
-                   help="1: padded words/frames masked out of ISA; 0: published behaviour")
-    g.add_argument("--eval_topk", default=m.eval_topk, choices=["perturbed", "hard"])
-    g.add_argument("--loose_type", action="store_true", help="accepted for published scripts; UCoFiA is loose")
-    g.add_argument("--linear_patch", default="2d", choices=["2d"], help="accepted for published scripts")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=5)
-    g.add_argument("--batch_size", type=int, default=128, help="global batch over all processes")
-    g.add_argument("--batch_size_val", type=int, default=32)
-    g.add_argument("--lr", type=float, default=o.lr)
-    g.add_argument("--coef_lr", type=float, default=o.coef_lr)
-    g.add_argument("--warmup_proportion", type=float, default=o.warmup_proportion)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--freeze_layer_num", type=int, default=0)
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    g.add_argument("--grad_checkpointing", action="store_true")
-    g.add_argument("--n_display", type=int, default=100)
-    g.add_argument("--skip_nonfinite_loss", action="store_true")
-    g.add_argument("--checkpoint_every", type=int, default=0)
-    g.add_argument("--max_steps", type=int, default=0)
-
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--sk_bank_size", type=int, default=0, help="0: whole training split; N: fixed subsample")
-    g.add_argument("--save_sims", action="store_true")
-    g.add_argument("--feature_cache", default=None)
-    return p
+def build_parser():
+    parser = new_parser("python -m train.main", "Train UCoFiA (or validate --init_model with --do_eval alone).")
+    for cls, title in SECTIONS:
+        add_options(parser, cls, title, MODE)
+    return parser
 
 
-def parse_args(argv: Optional[list[str]], mode: str) -> RunConfig:
-    """Parse and validate; configuration errors raise ``ConfigError`` with the flag named."""
-    a = build_parser(mode).parse_args(argv)
-    model = dataclasses.replace(ModelConfig(), max_words=a.max_words, max_frames=a.max_frames,
-                                sim_header=a.sim_header, temporal_layers=a.cross_num_hidden_layers,
-                                patch_scorer=a.patch_scorer, topk=a.topk, shift_layers=tuple(a.shift_layers),
-                                mask_padding=bool(a.mask_padding), eval_topk=a.eval_topk)
-    data = DataConfig(datatype=a.datatype, data_path=a.data_path, features_path=a.features_path,
-                      train_csv=a.train_csv, val_csv=a.val_csv, max_words=a.max_words, max_frames=a.max_frames,
-                      feature_framerate=a.feature_framerate, slice_framepos=a.slice_framepos,
-                      train_frame_order=a.train_frame_order, eval_frame_order=a.eval_frame_order,
-                      expand_msrvtt_sentences=a.expand_msrvtt_sentences, skip_bad_videos=a.skip_bad_videos,
-                      seed=a.seed)
-    optim = dataclasses.replace(OptimConfig(), lr=a.lr, coef_lr=a.coef_lr, warmup_proportion=a.warmup_proportion)
-    do_train = a.do_train or (mode == "train" and not a.do_eval)  # train/main.py trains unless only --do_eval
-    cfg = RunConfig(model=model, data=data, optim=optim, mode=mode, do_train=do_train,
-                    do_eval=a.do_eval or mode != "train", output_dir=a.output_dir,
-                    pretrained_clip_name=a.pretrained_clip_name, init_model=a.init_model,
-                    resume_model=a.resume_model, epochs=a.epochs, batch_size=a.batch_size,
-                    batch_size_val=a.batch_size_val, gradient_accumulation_steps=a.gradient_accumulation_steps,
-                    num_thread_reader=a.num_thread_reader, n_display=a.n_display, seed=a.seed,
-                    precision=a.precision, grad_checkpointing=a.grad_checkpointing,
-                    freeze_layer_num=a.freeze_layer_num, skip_nonfinite_loss=a.skip_nonfinite_loss,
-                    checkpoint_every=a.checkpoint_every, max_steps=a.max_steps, deterministic=a.deterministic,
-                    sk_bank_size=a.sk_bank_size, save_sims=a.save_sims, feature_cache=a.feature_cache,
-                    device=a.device)
+def parse_args(argv: Optional[Sequence[str]]) -> TrainConfig:
+    """Parse and validate; configuration errors raise ``ConfigError`` naming the flag."""
+    ns = parse(build_parser(), argv).namespace
+    run = {**values(RunOptions, ns, MODE), **values(TrainOptions, ns, MODE)}
+    dataset_entry(getattr(ns, "datatype", "msrvtt"))
+    data = DataConfig(**values(DataConfig, ns, MODE, seed=run.get("seed", 42)))
+    model = ModelConfig(**values(ModelConfig, ns, MODE, max_words=data.max_words, max_frames=data.max_frames))
+    optim = OptimConfig(**values(OptimConfig, ns, MODE))
+    cfg = TrainConfig(**run, model=model, data=data, optim=optim)
+    cfg.do_train = cfg.do_train or not cfg.do_eval  # train/main.py trains unless only --do_eval
     validate(cfg)
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: TrainConfig) -> None:
     """Checks that need no data or model; each names the flag."""
-    from modules.data.registry import DATASETS
-
-    if cfg.data.datatype not in DATASETS:
-        raise ConfigError(f"unknown --datatype {cfg.data.datatype!r}; valid: {', '.join(DATASETS)}")
-    positive = {"--max_words": cfg.data.max_words, "--max_frames": cfg.data.max_frames, "--epochs": cfg.epochs,
-                "--batch_size": cfg.batch_size, "--batch_size_val": cfg.batch_size_val,
+    validate_run(cfg)
+    positive = {"--epochs": cfg.epochs, "--batch_size": cfg.batch_size,
                 "--gradient_accumulation_steps": cfg.gradient_accumulation_steps, "--topk": cfg.model.topk}
     for flag, value in positive.items():
         if value < 1:
@@ -182,15 +91,20 @@ def validate(cfg: RunConfig) -> None:
     if cfg.batch_size % cfg.gradient_accumulation_steps:
         raise ConfigError(f"--batch_size {cfg.batch_size} is not divisible by --gradient_accumulation_steps "
                           f"{cfg.gradient_accumulation_steps}")
-    if cfg.data.feature_framerate <= 0:
-        raise ConfigError(f"--feature_framerate must be positive, got {cfg.data.feature_framerate}")
-    if cfg.num_thread_reader < 0:
-        raise ConfigError(f"--num_thread_reader must be 0 or more, got {cfg.num_thread_reader}")
-    if cfg.sk_bank_size < 0:
-        raise ConfigError(f"--sk_bank_size must be 0 (whole split) or positive, got {cfg.sk_bank_size}")
+    non_negative = {"--max_steps": cfg.max_steps, "--checkpoint_every": cfg.checkpoint_every}
+    for flag, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{flag} must be 0 (off) or positive, got {value}")
+    if cfg.n_display < 1:
+        raise ConfigError(f"--n_display must be at least 1, got {cfg.n_display}")
+    if cfg.freeze_layer_num < -1:
+        raise ConfigError(f"--freeze_layer_num must be -1 (nothing frozen) or more, got {cfg.freeze_layer_num}")
+    o = cfg.optim
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"--lr must be a positive finite number, got {o.lr}")
+    if not (math.isfinite(o.coef_lr) and o.coef_lr >= 0):
+        raise ConfigError(f"--coef_lr must be a finite number, 0 or more, got {o.coef_lr}")
+    if not (0 <= o.warmup_proportion < 1):
+        raise ConfigError(f"--warmup_proportion must be in [0, 1), got {o.warmup_proportion}")
     if cfg.resume_model and cfg.init_model:
         raise ConfigError("--resume_model and --init_model exclude each other: a resumed run restores its own weights")
-    if not cfg.do_train and not cfg.do_eval:
-        raise ConfigError("nothing to do: pass --do_train and/or --do_eval")
-    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
-        raise ConfigError(f"--output_dir {cfg.output_dir} exists and is not a folder")

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -20,23 +19,10 @@ from tqdm import tqdm
 from modules.common.errors import UCoFiAError
 from modules.common.runtime import Runtime, autocast_context, show_progress
 from modules.data.samplers import noise_seeds
+from modules.training.checkpoint import TrainState
 
 logger = logging.getLogger("ucofia")
 LOGIT_SCALE_MAX = math.log(100.0)  # published clamp of CLIP's temperature after every step
-
-
-@dataclass
-class TrainState:
-    """Where a run is; saved in every checkpoint."""
-    epoch: int = 0                  # epoch in progress, 0-based
-    epoch_step: int = 0             # optimiser steps done in that epoch
-    global_step: int = 0            # optimiser steps done in the run
-    loss_sum: float = 0.0           # sum of step losses in the epoch in progress (for its mean after a resume)
-    loss_steps: int = 0             # steps counted in loss_sum
-    skipped_steps: int = 0          # steps of the epoch in progress skipped for a non-finite loss
-    last_loss: float = float("nan")  # global loss of the latest step
-    history: list = field(default_factory=list)  # per finished epoch: loss, validation metrics
-    best: Optional[dict] = None     # {"epoch", "R1", "split"} of the best validation so far
 
 
 class NonFiniteLoss(UCoFiAError):

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # published names; CLIP's ln_* are decayed (Q16)
+from modules.common.cli import option, setting
+
+NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # published names; CLIP's ln_* are decayed too
 # Always trained when freezing the bottom of CLIP: the output heads (published freeze rule).
 FREEZE_EXEMPT_PREFIXES = ("ln_final.", "text_projection", "logit_scale", "visual.ln_post.", "visual.proj")
 
@@ -87,13 +89,13 @@ class BertAdam(torch.optim.Optimizer):
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4                # new modules; published
-    coef_lr: float = 1e-3           # CLIP parameters train at lr * coef_lr (1e-7), published
-    weight_decay: float = 0.2       # published, applied to every non-bias parameter
-    warmup_proportion: float = 0.1  # published
-    max_grad_norm: float = 1.0      # published, global and per parameter
-    betas: tuple = (0.9, 0.98)      # published
-    eps: float = 1e-6               # published
+    lr: float = option(1e-4, "learning rate of the new modules (published)")
+    coef_lr: float = option(1e-3, "CLIP parameters train at lr x coef_lr (1e-7, published)")
+    warmup_proportion: float = option(0.1, "share of the steps with a linear warm-up before the cosine decay")
+    weight_decay: float = setting(0.2, "published, applied to every non-bias parameter")
+    max_grad_norm: float = setting(1.0, "published, global and per parameter")
+    betas: tuple = setting((0.9, 0.98), "published")
+    eps: float = setting(1e-6, "published")
 
 
 def freeze_clip_layers(model: nn.Module, freeze_layer_num: int) -> int:

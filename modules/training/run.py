@@ -1,8 +1,17 @@
-"""A training run: data, model, optimiser, resume, epochs, validation, checkpoints (``train/main.py``).
+"""A training run as named steps: build, resume, then per epoch train, validate, record and checkpoint.
 
-Every epoch writes ``checkpoints/last.pth`` (and ``best.pth`` when validation R@1 improves) atomically, with the model,
-optimiser, position in the run, resolved configuration and RNG states, so ``--resume_model`` continues exactly.
-Validation uses the dataset's validation split; where it has none the test split is used and labelled as such.
+    run = build(cfg, rt)            data, model, optimiser, loader (nothing written yet)
+    resume(run)                     --resume_model: model, optimiser, position, history, RNG states
+    start(run)                      the run's files: config.json, a fresh or trimmed train_steps.jsonl
+    while epochs remain:
+        train_epoch(run)            one pass over the training split (modules.training.engine)
+        validate(run)               raw metrics on the validation split (handed in by train/main.py)
+        end_epoch(run, ...)         history, best, TensorBoard, checkpoints/last.pth and best.pth, history.json
+
+Every checkpoint holds the model, optimiser, position in the run, resolved configuration and RNG states, so
+``--resume_model`` continues exactly. The configuration recorded (``config.json`` and checkpoints) also holds the
+command line and the training split's fingerprint, so an exported model says how it was made and on what data.
+Where a dataset has no validation split the test split is used and labelled so.
 """
 from __future__ import annotations
 
@@ -11,39 +20,235 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from modules.common.errors import CheckpointError, ConfigError
+from modules.common.errors import ConfigError
 from modules.common.io import (
     WriteError,
     atomic_save,
     atomic_write,
-    prepare_output_dir,
+    read_checkpoint,
     remove_stale_temporaries,
     write_json,
 )
 from modules.common.runtime import Runtime
 from modules.data import build_split, collate_skip_none
+from modules.data.base import RetrievalSplit
 from modules.data.samplers import GlobalBatchSampler
-from modules.evaluation.encoding import EvalOptions, encode_test_set, evaluate_directions, score_test
 from modules.model.build import build_model, load_model_weights
-from modules.training.checkpoint import restore_rng, training_checkpoint
-from modules.training.config import RunConfig
-from modules.training.engine import TrainState, train_one_epoch
+from modules.model.ucofia import UCoFiA
+from modules.training.checkpoint import TrainState
+from modules.training.config import TrainConfig
+from modules.training.engine import train_one_epoch
 from modules.training.optim import build_optimizer, freeze_clip_layers
 
 logger = logging.getLogger("ucofia")
 
+# (model, split, rt, cfg) -> {"t2v": metrics, "v2t": metrics}; train/main.py passes evaluation's validation.
+Validator = Callable[[UCoFiA, RetrievalSplit, Runtime, TrainConfig], dict]
 
-def check_batch_layout(cfg: RunConfig, world_size: int) -> None:
+
+@dataclass
+class Run:
+    """Everything a training run holds between its steps."""
+    cfg: TrainConfig
+    rt: Runtime
+    train_split: RetrievalSplit
+    val_split: RetrievalSplit
+    val_label: str
+    sampler: GlobalBatchSampler
+    model: UCoFiA
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: torch.utils.data.DataLoader
+    state: TrainState
+    record: dict          # the resolved configuration with the command line and the training data's fingerprint
+    writer: Any = None
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.cfg.output_dir, "checkpoints")
+
+    @property
+    def steps_log(self) -> str:
+        return os.path.join(self.cfg.output_dir, "train_steps.jsonl")
+
+    @property
+    def total_steps(self) -> int:
+        return self.sampler.steps_per_epoch * self.cfg.epochs
+
+
+def check_batch_layout(cfg: TrainConfig, world_size: int) -> None:
     """The global batch must split evenly over processes and accumulation steps (checked before any process group
     starts, so that every rank stops at once with the same message)."""
     accumulation = cfg.gradient_accumulation_steps
     if cfg.batch_size % (world_size * accumulation):
         raise ConfigError(f"--batch_size {cfg.batch_size} (global) is not divisible by {world_size} processes x "
                           f"{accumulation} accumulation steps")
+
+
+def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
+    """Read the data, build the model, optimiser and loader; refuse to overwrite another run. Writes nothing.
+    ``command`` is the command line, recorded with the configuration."""
+    check_batch_layout(cfg, rt.world_size)
+    ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+    if not cfg.resume_model and os.path.exists(os.path.join(ckpt_dir, "last.pth")):
+        raise ConfigError(f"--output_dir {cfg.output_dir} already holds a training run (checkpoints/last.pth); "
+                          f"continue it with --resume_model {os.path.join(ckpt_dir, 'last.pth')} or choose another "
+                          f"--output_dir")
+    train_split = build_split(cfg.data, "train")
+    val_split = build_split(cfg.data, "val")
+    val_label = "test (the dataset has no validation split)" if getattr(val_split, "is_test_fallback", False) \
+        else "val"
+    sampler = GlobalBatchSampler(len(train_split), cfg.batch_size, cfg.gradient_accumulation_steps, rt.world_size,
+                                 rt.rank, cfg.seed)
+    if sampler.steps_per_epoch == 0:
+        raise ConfigError(f"the training split has {len(train_split)} items, fewer than one --batch_size "
+                          f"{cfg.batch_size}")
+    model = build_model(cfg.pretrained_clip_name, cfg.model, cfg.precision, cfg.grad_checkpointing, rt.device)
+    frozen = freeze_clip_layers(model, cfg.freeze_layer_num)
+    if frozen:
+        logger.info("--freeze_layer_num %d: %d CLIP tensors frozen", cfg.freeze_layer_num, frozen)
+    if cfg.init_model:
+        load_model_weights(model, cfg.init_model)
+        logger.info("initialised from %s", cfg.init_model)
+    optimizer = build_optimizer(model, cfg.optim, sampler.steps_per_epoch * cfg.epochs)
+    ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
+        if rt.distributed else model
+    loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
+                                         collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda")
+    record = dict(cfg.to_dict(), command=command, data_version=train_split.fingerprint())
+    return Run(cfg, rt, train_split, val_split, val_label, sampler, model, ddp, optimizer, loader, TrainState(),
+               record)
+
+
+def resume(run: Run) -> None:
+    """Continue ``--resume_model`` exactly: model, optimiser, position in the run, history and RNG states."""
+    path = run.cfg.resume_model
+    run.state = TrainState.resume(read_checkpoint(path), path, run.model, run.optimizer)
+    logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch + 1, run.state.epoch_step)
+
+
+def start(run: Run) -> None:
+    """Write the run's files, now that the data, the model and the checkpoints have been read (bad input leaves
+    nothing behind)."""
+    cfg, rt = run.cfg, run.rt
+    if rt.is_main:
+        remove_stale_temporaries(run.ckpt_dir)
+        if cfg.resume_model:
+            trim_steps_log(run.steps_log, run.state.global_step)
+        elif os.path.exists(run.steps_log):
+            os.remove(run.steps_log)
+        write_json(run.record, os.path.join(cfg.output_dir, "config.json"))
+        logger.info("resolved configuration: %s", json.dumps(run.record, default=str), extra={"file_only": True})
+        logger.info("resolved configuration written to %s", os.path.join(cfg.output_dir, "config.json"))
+        run.writer = _tensorboard(cfg.output_dir)
+    logger.info("training on %d pairs, %d steps/epoch x %d epochs, global batch %d on %d process(es)",
+                len(run.train_split), run.sampler.steps_per_epoch, cfg.epochs, cfg.batch_size, rt.world_size)
+
+
+def train_epoch(run: Run) -> float:
+    """Train the epoch in progress from where it stands; returns its mean loss."""
+    cfg, state = run.cfg, run.state
+    run.sampler.set_epoch(state.epoch, state.epoch_step)
+    run.train_split.set_epoch(state.epoch)
+    return train_one_epoch(run.ddp, run.loader, run.optimizer, state, rt=run.rt, seed=cfg.seed,
+                           accumulation=cfg.gradient_accumulation_steps, precision=cfg.precision,
+                           max_grad_norm=cfg.optim.max_grad_norm, n_display=cfg.n_display,
+                           skip_nonfinite=cfg.skip_nonfinite_loss, steps_per_epoch=run.sampler.steps_per_epoch,
+                           total_steps=run.total_steps, max_steps=cfg.max_steps, on_step=lambda s: after_step(run),
+                           writer=run.writer)
+
+
+def after_step(run: Run) -> None:
+    """Log every step's global loss at full precision (for curves and cross-run comparisons); mid-epoch
+    checkpoints under ``--checkpoint_every``."""
+    s = run.state
+    if run.rt.is_main:
+        finite = math.isfinite(s.last_loss)
+        line = json.dumps({"epoch": s.epoch + 1, "step": s.global_step, "loss": s.last_loss if finite else None,
+                           "lr": run.optimizer.get_lr(), **({} if finite else {"skipped": "non-finite loss"})})
+        try:
+            with open(run.steps_log, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:  # a full disk: name the file (the OSError of a write does not)
+            raise WriteError(f"cannot write {run.steps_log}: {e.strerror or e}") from None
+    every = run.cfg.checkpoint_every
+    if every and s.global_step % every == 0 and s.epoch_step < run.sampler.steps_per_epoch:
+        checkpoint(run, "last.pth")
+
+
+def validate(run: Run, validator: Validator) -> dict:
+    """Raw metrics of both directions on the validation split, the model in eval mode meanwhile."""
+    run.model.eval()
+    metrics = validator(run.model, run.val_split, run.rt, run.cfg)
+    run.model.train()
+    return metrics
+
+
+def end_epoch(run: Run, mean_loss: float, metrics: dict) -> None:
+    """Record the epoch (history, best, TensorBoard, log), then write the checkpoints and history.json."""
+    state, rt = run.state, run.rt
+    bad_videos = count_bad_videos(run.train_split, rt)
+    if bad_videos or state.skipped_steps:
+        logger.warning("epoch %d: %d training video(s) skipped as missing or undecodable (--skip_bad_videos), "
+                       "%d step(s) skipped for a non-finite loss (--skip_nonfinite_loss)", state.epoch + 1,
+                       bad_videos, state.skipped_steps)
+    state.history.append({"epoch": state.epoch + 1, "train_loss": mean_loss, "split": run.val_label,
+                          "metrics": metrics, "skipped_videos": bad_videos, "skipped_steps": state.skipped_steps})
+    improved = state.best is None or metrics["t2v"]["R1"] > state.best["R1"]
+    if improved:
+        state.best = {"epoch": state.epoch + 1, "R1": metrics["t2v"]["R1"], "split": run.val_label}
+    if run.writer is not None:
+        for direction, m in metrics.items():
+            for name, value in m.items():
+                run.writer.add_scalar(f"val_{direction}/{name}", value, state.epoch + 1)
+    logger.info("epoch %d on %s: text-to-video R@1 %.1f R@5 %.1f R@10 %.1f | video-to-text R@1 %.1f",
+                state.epoch + 1, run.val_label, metrics["t2v"]["R1"], metrics["t2v"]["R5"], metrics["t2v"]["R10"],
+                metrics["v2t"]["R1"])
+    state.next_epoch()
+    checkpoint(run, "last.pth")
+    if improved:
+        checkpoint(run, "best.pth")
+    if rt.is_main:
+        write_json({"history": state.history, "best": state.best}, os.path.join(run.cfg.output_dir, "history.json"))
+
+
+def checkpoint(run: Run, name: str) -> None:
+    """Write ``checkpoints/<name>`` atomically (main process)."""
+    if run.rt.is_main:
+        atomic_save(run.state.checkpoint(run.model, run.optimizer, run.record), os.path.join(run.ckpt_dir, name))
+
+
+def run_training(cfg: TrainConfig, rt: Runtime, validator: Validator, command: str = "") -> dict:
+    """Train and validate every epoch; returns the history, the best entry and the steps done."""
+    run = build(cfg, rt, command)
+    if cfg.resume_model:
+        resume(run)
+    start(run)
+    started = time.time()
+    state = run.state
+    while state.epoch < cfg.epochs:
+        mean_loss = train_epoch(run)
+        if state.epoch_step < run.sampler.steps_per_epoch:  # stopped by --max_steps inside the epoch
+            checkpoint(run, "last.pth")
+            logger.info("stopped after %d steps (--max_steps)", state.global_step)
+            break
+        end_epoch(run, mean_loss, validate(run, validator))
+        if cfg.max_steps and state.global_step >= cfg.max_steps:
+            break
+    if run.writer is not None:
+        run.writer.close()
+    if state.history and rt.is_main:
+        last = state.history[-1]
+        logger.info("done in %.0f s. last epoch %d: text-to-video R@1 %.1f on %s; best epoch %d: R@1 %.1f on %s "
+                    "(chosen on that split)", time.time() - started, last["epoch"], last["metrics"]["t2v"]["R1"],
+                    last["split"], state.best["epoch"], state.best["R1"], state.best["split"])
+    return {"history": state.history, "best": state.best, "global_step": state.global_step}
 
 
 def trim_steps_log(path: str, global_step: int) -> None:
@@ -64,7 +269,7 @@ def trim_steps_log(path: str, global_step: int) -> None:
     atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
 
 
-def count_bad_videos(split, rt: Runtime) -> int:
+def count_bad_videos(split: RetrievalSplit, rt: Runtime) -> int:
     """Videos of ``split`` dropped so far: missing or empty when built, undecodable since (over all processes)."""
     flags = split.undecodable_flags().to(rt.device, torch.int32)
     if rt.distributed:
@@ -72,186 +277,9 @@ def count_bad_videos(split, rt: Runtime) -> int:
     return len(split.skipped) + int(flags.sum())
 
 
-def validate(model, split, rt: Runtime, cfg: RunConfig) -> dict:
-    """Raw (no normalisation) metrics of both directions on ``split``."""
-    core = model.module if hasattr(model, "module") else model
-    core.eval()
-    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
-                       precision=cfg.precision)
-    feats = encode_test_set(core, split, rt, opts)
-    metrics = evaluate_directions(score_test(core, feats, rt), feats.caption_to_video)
-    core.train()
-    return metrics
-
-
-def _tensorboard(output_dir: str, rt: Runtime):
-    if not rt.is_main:
-        return None
+def _tensorboard(output_dir: str) -> Optional[Any]:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
     return SummaryWriter(os.path.join(output_dir, "tensorboard"))
-
-
-def run_training(cfg: RunConfig, rt: Runtime) -> dict:
-    """Train (and validate every epoch); returns the final state's history and best entry."""
-    accumulation = cfg.gradient_accumulation_steps
-    check_batch_layout(cfg, rt.world_size)
-    ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
-    steps_log = os.path.join(cfg.output_dir, "train_steps.jsonl")
-    if not cfg.resume_model and os.path.exists(os.path.join(ckpt_dir, "last.pth")):
-        raise ConfigError(f"--output_dir {cfg.output_dir} already holds a training run (checkpoints/last.pth); "
-                          f"continue it with --resume_model {os.path.join(ckpt_dir, 'last.pth')} or choose another "
-                          f"--output_dir")
-    if rt.is_main:
-        remove_stale_temporaries(ckpt_dir)
-
-    train_split = build_split(cfg.data, "train")
-    val_split = build_split(cfg.data, "val")
-    val_label = "test (the dataset has no validation split)" if getattr(val_split, "is_test_fallback", False) \
-        else "val"
-    sampler = GlobalBatchSampler(len(train_split), cfg.batch_size, accumulation, rt.world_size, rt.rank, cfg.seed)
-    if sampler.steps_per_epoch == 0:
-        raise ConfigError(f"the training split has {len(train_split)} items, fewer than one --batch_size "
-                          f"{cfg.batch_size}")
-    total_steps = sampler.steps_per_epoch * cfg.epochs
-
-    model = build_model(cfg.pretrained_clip_name, cfg.model, cfg.precision, cfg.grad_checkpointing, rt.device)
-    frozen = freeze_clip_layers(model, cfg.freeze_layer_num)
-    if frozen:
-        logger.info("--freeze_layer_num %d: %d CLIP tensors frozen", cfg.freeze_layer_num, frozen)
-    if cfg.init_model:
-        load_model_weights(model, cfg.init_model)
-        logger.info("initialised from %s", cfg.init_model)
-    optimizer = build_optimizer(model, cfg.optim, total_steps)
-    state = TrainState()
-    if cfg.resume_model:
-        obj = load_model_weights(model, cfg.resume_model)
-        if obj.get("optimizer") is None:
-            raise CheckpointError(f"{cfg.resume_model}: holds no optimiser state; use --init_model to start from it")
-        optimizer.load_state_dict(obj["optimizer"])
-        state = TrainState(epoch=obj["epoch"], epoch_step=obj["epoch_step"], global_step=obj["global_step"],
-                           loss_sum=obj.get("loss_sum", 0.0), loss_steps=obj.get("loss_steps", 0),
-                           history=list(obj["history"]), best=obj["best"])
-        state.skipped_steps = obj.get("skipped_steps", 0)
-        restore_rng(obj["rng"])
-        logger.info("resumed from %s at epoch %d, step %d", cfg.resume_model, state.epoch + 1, state.epoch_step)
-
-    # Written only now that the data, the model and the checkpoints have been read: bad input leaves nothing behind.
-    if rt.is_main:
-        if cfg.resume_model:
-            trim_steps_log(steps_log, state.global_step)
-        elif os.path.exists(steps_log):
-            os.remove(steps_log)
-        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
-        logger.info("resolved configuration: %s", json.dumps(cfg.to_dict(), default=str), extra={"file_only": True})
-        logger.info("resolved configuration written to %s", os.path.join(cfg.output_dir, "config.json"))
-
-    ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
-        if rt.distributed else model
-    loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
-                                         collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda")
-    writer = _tensorboard(cfg.output_dir, rt)
-    config_dict = cfg.to_dict()
-
-    def save(name: str) -> None:
-        if rt.is_main:
-            obj = training_checkpoint(model, optimizer, epoch=state.epoch, epoch_step=state.epoch_step,
-                                      global_step=state.global_step, config=config_dict, history=state.history,
-                                      best=state.best)
-            obj.update(loss_sum=state.loss_sum, loss_steps=state.loss_steps, skipped_steps=state.skipped_steps)
-            atomic_save(obj, os.path.join(ckpt_dir, name))
-
-    def on_step(s: TrainState) -> None:
-        if rt.is_main:  # every step's global loss at full precision, for curves and cross-run comparisons
-            finite = math.isfinite(s.last_loss)
-            line = json.dumps({"epoch": s.epoch + 1, "step": s.global_step, "loss": s.last_loss if finite else None,
-                               "lr": optimizer.get_lr(), **({} if finite else {"skipped": "non-finite loss"})})
-            try:
-                with open(steps_log, "a") as f:
-                    f.write(line + "\n")
-            except OSError as e:  # a full disk: name the file (the OSError of a write does not)
-                raise WriteError(f"cannot write {steps_log}: {e.strerror or e}") from None
-        if cfg.checkpoint_every and s.global_step % cfg.checkpoint_every == 0 and s.epoch_step < \
-                sampler.steps_per_epoch:
-            save("last.pth")
-
-    logger.info("training on %d pairs, %d steps/epoch x %d epochs, global batch %d on %d process(es)",
-                len(train_split), sampler.steps_per_epoch, cfg.epochs, cfg.batch_size, rt.world_size)
-    started = time.time()
-    while state.epoch < cfg.epochs:
-        sampler.set_epoch(state.epoch, state.epoch_step)
-        train_split.set_epoch(state.epoch)
-        mean_loss = train_one_epoch(ddp, loader, optimizer, state, rt=rt, seed=cfg.seed, accumulation=accumulation,
-                                    precision=cfg.precision, max_grad_norm=cfg.optim.max_grad_norm,
-                                    n_display=cfg.n_display, skip_nonfinite=cfg.skip_nonfinite_loss,
-                                    steps_per_epoch=sampler.steps_per_epoch, total_steps=total_steps,
-                                    max_steps=cfg.max_steps, on_step=on_step, writer=writer)
-        if state.epoch_step < sampler.steps_per_epoch:  # stopped by --max_steps inside the epoch
-            save("last.pth")
-            logger.info("stopped after %d steps (--max_steps)", state.global_step)
-            break
-        bad_videos = count_bad_videos(train_split, rt)
-        if bad_videos or state.skipped_steps:
-            logger.warning("epoch %d: %d training video(s) skipped as missing or undecodable (--skip_bad_videos), "
-                           "%d step(s) skipped for a non-finite loss (--skip_nonfinite_loss)", state.epoch + 1,
-                           bad_videos, state.skipped_steps)
-        metrics = validate(ddp, val_split, rt, cfg)
-        entry = {"epoch": state.epoch + 1, "train_loss": mean_loss, "split": val_label, "metrics": metrics,
-                 "skipped_videos": bad_videos, "skipped_steps": state.skipped_steps}
-        state.history.append(entry)
-        improved = state.best is None or metrics["t2v"]["R1"] > state.best["R1"]
-        if improved:
-            state.best = {"epoch": state.epoch + 1, "R1": metrics["t2v"]["R1"], "split": val_label}
-        if writer is not None:
-            for direction, m in metrics.items():
-                for name, value in m.items():
-                    writer.add_scalar(f"val_{direction}/{name}", value, state.epoch + 1)
-        logger.info("epoch %d on %s: text-to-video R@1 %.1f R@5 %.1f R@10 %.1f | video-to-text R@1 %.1f",
-                    state.epoch + 1, val_label, metrics["t2v"]["R1"], metrics["t2v"]["R5"], metrics["t2v"]["R10"],
-                    metrics["v2t"]["R1"])
-        state.epoch += 1
-        state.epoch_step = 0
-        state.loss_sum, state.loss_steps, state.skipped_steps = 0.0, 0, 0
-        save("last.pth")
-        if improved:
-            save("best.pth")
-        if rt.is_main:
-            write_json({"history": state.history, "best": state.best}, os.path.join(cfg.output_dir, "history.json"))
-        if cfg.max_steps and state.global_step >= cfg.max_steps:
-            break
-    if writer is not None:
-        writer.close()
-    if state.history and rt.is_main:
-        last = state.history[-1]
-        logger.info("done in %.0f s. last epoch %d: text-to-video R@1 %.1f on %s; best epoch %d: R@1 %.1f on %s "
-                    "(chosen on that split)", time.time() - started, last["epoch"], last["metrics"]["t2v"]["R1"],
-                    last["split"], state.best["epoch"], state.best["R1"], state.best["split"])
-    return {"history": state.history, "best": state.best, "global_step": state.global_step}
-
-
-def train_main(argv) -> int:
-    """Entry point body of ``train``: train, or with ``--do_eval`` alone validate ``--init_model`` (raw metrics)."""
-    from modules.common.runtime import run_entry, setup, setup_logging, world_size_from_env
-    from modules.model.build import build_model_from_checkpoint
-    from modules.training.config import parse_args
-
-    def run() -> int:
-        cfg = parse_args(argv, "train")
-        if cfg.do_train:
-            check_batch_layout(cfg, world_size_from_env())
-        prepare_output_dir(cfg.output_dir)
-        rt = setup(cfg.device, cfg.seed, cfg.deterministic)
-        setup_logging(rt.rank, os.path.join(cfg.output_dir, "log.txt"))
-        if cfg.do_train:
-            run_training(cfg, rt)
-            return 0
-        if not cfg.init_model:
-            raise ConfigError("--do_eval without --do_train needs --init_model")
-        model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
-        metrics = validate(model, build_split(cfg.data, "val"), rt, cfg)
-        logger.info("validation of %s: %s", cfg.init_model, json.dumps(metrics))
-        return 0
-
-    return run_entry(run)
