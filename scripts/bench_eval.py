@@ -18,10 +18,11 @@ import time
 import torch
 from benchlib import run_benchmark
 
-from modules.evaluation.encoding import LEVELS, combine, sk_biases
+from modules.evaluation.encoding import combine, sk_biases
 from modules.evaluation.sinkhorn import SK_ITERS
 from modules.model.clip import ARCHITECTURES, CLIP
 from modules.model.features import TextFeatures, VideoFeatures
+from modules.model.similarity import LEVELS
 from modules.model.ucofia import ModelConfig, UCoFiA
 
 
