@@ -19,6 +19,7 @@ import numpy as np
 from modules.common.errors import DataError  # noqa: E402
 from modules.common.io import atomic_write  # noqa: E402
 from modules.common.runtime import run_entry  # noqa: E402
+from modules.data.annotations import read_json  # noqa: E402
 from scripts.plotlib import PALETTE, Series, line_chart, png_bytes, stack  # noqa: E402
 
 WIDTH, HEIGHT = 760, 330
@@ -27,16 +28,25 @@ WIDTH, HEIGHT = 760, 330
 def read_steps(path: str) -> list[dict]:
     """Lines of ``train_steps.jsonl``; a line cut by a kill (the last one) is ignored."""
     steps = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+                entry = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 break
-            if not isinstance(entry, dict) or "step" not in entry:
+            if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
                 raise DataError(f"{path}: line {number} is not a training step record")
             steps.append(entry)
     return steps
+
+
+def _read_object(path: str, key: str | None = None) -> dict:
+    """A JSON object (one-line DataError otherwise); with ``key``, its value must be a list."""
+    obj = read_json(path)
+    if not isinstance(obj, dict) or (key is not None and not isinstance(obj.get(key, []), list)):
+        expected = f"an object with a list {key!r}" if key else "an object"
+        raise DataError(f"{path}: not the file train.main writes (expected {expected})")
+    return obj
 
 
 def lr_series(steps: list[dict], coef_lr: Optional[float]) -> list[Series]:
@@ -67,13 +77,11 @@ def render(run_dir: str) -> np.ndarray:
     if not steps:
         raise DataError(f"{steps_path}: no steps recorded yet")
     history = []
-    if os.path.isfile(history_path):
-        with open(history_path, encoding="utf-8") as f:
-            history = json.load(f).get("history", [])
+    if os.path.exists(history_path):
+        history = [h for h in _read_object(history_path, "history").get("history", []) if isinstance(h, dict)]
     config = {}
-    if os.path.isfile(os.path.join(run_dir, "config.json")):
-        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
+    if os.path.exists(os.path.join(run_dir, "config.json")):
+        config = _read_object(os.path.join(run_dir, "config.json"))
     coef_lr = (config.get("optim") or {}).get("coef_lr")
     name = os.path.basename(os.path.abspath(run_dir))
 

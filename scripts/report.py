@@ -36,7 +36,7 @@ from modules.common.errors import DataError  # noqa: E402
 from modules.common.io import atomic_write  # noqa: E402
 from modules.common.runtime import run_entry, setup_logging  # noqa: E402
 from modules.data import DataConfig, load_video_raw  # noqa: E402
-from modules.data.transforms import resize_center_crop  # noqa: E402
+from modules.data.annotations import read_json  # noqa: E402
 from modules.evaluation.analysis import (  # noqa: E402
     SavedAnalysis,
     analyse,
@@ -47,6 +47,7 @@ from modules.evaluation.analysis import (  # noqa: E402
     top_k,
 )
 from scripts.plotlib import PALETTE, Series, line_chart, png_bytes  # noqa: E402
+from scripts.summarize_results import check_results  # noqa: E402
 
 logger = logging.getLogger("ucofia")
 NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
@@ -144,11 +145,11 @@ def thumbnail(path: str, window, framerate: float) -> Optional[str]:
     """A strip of THUMB_FRAMES uniformly sampled frames (the centre crop the model sees) as a JPEG data URI."""
     cfg = DataConfig(max_frames=THUMB_FRAMES, feature_framerate=framerate, slice_framepos=2)
     try:
-        frames, _ = load_video_raw(path, cfg, *(window or (None, None)))
+        frames, _ = load_video_raw(path, cfg, *(window or (None, None)), resolution=THUMB_SIDE)  # [n, S, S, 3]
     except DataError as e:
         logger.warning("no thumbnail for %s: %s", path, e)
         return None
-    strip = np.concatenate(list(resize_center_crop(frames, THUMB_SIDE)), axis=1)           # [S, n S, 3] RGB
+    strip = np.concatenate(list(frames), axis=1)                                           # [S, n S, 3] RGB
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii") if ok else None
 
@@ -193,14 +194,22 @@ def direction_section(a: SavedAnalysis) -> str:
             f"</div><h3>Hubness</h3>{hubness_section(a)}</section>")
 
 
+def check_report_results(res, path: str) -> dict:
+    """What summarize_results.py checks, and the SK bank the summary names."""
+    check_results(res, path)
+    bank = res.get("sk_bank")
+    if not (isinstance(bank, dict) and isinstance(bank.get("size"), int) and isinstance(bank.get("source"), str)):
+        raise DataError(f"{path}: not a results file of eval_t2v / eval_v2t (no 'sk_bank')")
+    return res
+
+
 def build(run_dir: str, workers: int = 2) -> str:
     """The page's HTML."""
     results = {}
     for d in NAMES:
         path = os.path.join(run_dir, f"results_{d}.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                results[d] = json.load(f)
+        if os.path.exists(path):
+            results[d] = check_report_results(read_json(path), path)
     if not results:
         raise DataError(f"{run_dir}: no results_t2v.json or results_v2t.json (is it the --output_dir of an eval?)")
     body = header(run_dir, results)

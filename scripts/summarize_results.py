@@ -35,6 +35,8 @@ def check_results(res: Any, path: str) -> dict:
         problem = f"a {type(res).__name__}, not an object"
     elif res.get("direction") not in NAMES:
         problem = f"'direction' is {res.get('direction')!r}, not t2v or v2t"
+    elif not isinstance(res.get("datatype"), str):
+        problem = "no 'datatype'"
     elif not all(isinstance(res.get(k), int) and res[k] > 0 for k in ("num_texts", "num_videos")):
         problem = "'num_texts' and 'num_videos' are not positive counts"
     elif not isinstance(res.get("metrics"), dict):

@@ -206,14 +206,15 @@ def test_decoding_a_fifo_is_refused_before_opening_it(tmp_path):
 
 def _results(direction: str = "t2v", **changes) -> dict:
     metrics = {"R1": 40.0, "R5": 70.0, "R10": 80.0, "MdR": 2.0, "MnR": 12.5}
-    res = {"direction": direction, "num_texts": 10, "num_videos": 10,
+    res = {"direction": direction, "datatype": "msrvtt", "num_texts": 10, "num_videos": 10,
+           "sk_bank": {"source": "every caption of the training split", "size": 20, "iterations": 4},
            "metrics": {k: dict(metrics) for k in ("raw", "sk_norm", "dsl")}}
     res.update(changes)
     return res
 
 
 @pytest.mark.parametrize("case,says", [
-    ("truncated", "results_t2v.json: not valid JSON (Unterminated string starting at line 1, column"),
+    ("truncated", "results_t2v.json: not valid JSON (Unterminated string starting at line 1, column 22)"),
     ("not_utf8", "results_t2v.json: not UTF-8 text"),
     ("no_metrics", "results_t2v.json: not a results file of eval_t2v / eval_v2t (no 'metrics')"),
     ("zero_videos", "'num_texts' and 'num_videos' are not positive counts"),
@@ -229,7 +230,7 @@ def test_summarize_results_refuses_bad_files_in_one_line(case, says, tmp_path, c
     path = folder / "results_t2v.json"
     text = json.dumps(_results())
     if case == "truncated":
-        path.write_text(text[:len(text) // 2])
+        path.write_text(text[:30])  # inside the string "t2v"
     elif case == "not_utf8":
         path.write_bytes(text.replace("t2v", "t2v\xe9").encode("latin-1"))
     elif case == "no_metrics":
@@ -348,3 +349,51 @@ def test_visualize_refuses_a_fifo_and_an_unwritable_picture_path(synthetic_set, 
                    "stuck.mp4: not a regular file (a FIFO)")
     one_error_line(capsys, visualize(base + ["--video", _video(synthetic_set), "--out",
                                              str(tmp_path / "file" / "a.png")]), "--out", "is not writable")
+
+
+# ----------------------------------------------------------------------------------- report.py, plot_training.py
+
+@pytest.mark.parametrize("case,says", [
+    ("truncated_results", "results_t2v.json: not valid JSON (Unterminated string starting at line 1"),
+    ("results_without_metrics", "not a results file of eval_t2v / eval_v2t (no 'metrics')"),
+    ("truncated_matrix", "sims_t2v_test_video_sentence.npy: unreadable or truncated matrix"),
+    ("matrix_of_objects", "sims_t2v_test_video_sentence.npy: unreadable or truncated matrix (Object arrays cannot"),
+    ("items_not_json", "sims_t2v_items.json: not UTF-8 text"),
+])
+def test_report_refuses_bad_files_in_one_line(case, says, tmp_path, capsys):
+    from scripts.report import main as report
+
+    res = _results(levels={"video_sentence": {}})
+    if case == "results_without_metrics":
+        del res["metrics"]
+    text = json.dumps(res)
+    (tmp_path / "results_t2v.json").write_text(text[:40] if case == "truncated_results" else text)
+    (tmp_path / "sims_t2v_items.json").write_bytes(b"\xff\xfe{}" if case == "items_not_json" else b"{}")
+    for part in ("test", "bank"):
+        path = tmp_path / f"sims_t2v_{part}_video_sentence.npy"
+        if case == "matrix_of_objects":
+            np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+        else:
+            np.save(path, np.zeros((3, 3), dtype=np.float32))
+            if case == "truncated_matrix":
+                path.write_bytes(path.read_bytes()[:100])
+    one_error_line(capsys, report([str(tmp_path), "--workers", "0"]), says)
+
+
+@pytest.mark.parametrize("case,says", [
+    ("truncated_history", "history.json: not valid JSON"),
+    ("history_a_list", "history.json: not the file train.main writes (expected an object with a list 'history')"),
+    ("config_not_utf8", "config.json: not UTF-8 text"),
+    ("steps_not_utf8", "train_steps.jsonl: no steps recorded yet"),
+])
+def test_plot_training_refuses_bad_files_in_one_line(case, says, tmp_path, capsys):
+    from scripts.plot_training import main as plot_training
+
+    steps = "\n".join(json.dumps({"step": k, "loss": 1.0 / k, "lr": [1e-4, 1e-3]}) for k in range(1, 4)) + "\n"
+    (tmp_path / "train_steps.jsonl").write_bytes(b"\xff" + steps.encode() if case == "steps_not_utf8"
+                                                 else steps.encode())
+    history = json.dumps({"history": []})
+    (tmp_path / "history.json").write_text(history[:10] if case == "truncated_history" else
+                                           "[]" if case == "history_a_list" else history)
+    (tmp_path / "config.json").write_bytes(b"{\"optim\": \"\xe9\"}" if case == "config_not_utf8" else b"{}")
+    one_error_line(capsys, plot_training([str(tmp_path), "--out", str(tmp_path / "t.png")]), says)

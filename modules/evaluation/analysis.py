@@ -11,7 +11,6 @@ for each video, a set scored by its best caption (with one caption per video, pl
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from modules.common.errors import DataError
+from modules.data.annotations import read_json
 from modules.evaluation.encoding import add_bias, combine, sk_biases
 from modules.evaluation.metrics import group_max, ranks_of, summarize
 
@@ -37,12 +37,22 @@ class SavedRun:
     bank: dict[str, torch.Tensor]        # per level bank x gallery logits
 
 
-def _read_json(path: str) -> dict:
+def _read_object(path: str) -> dict:
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, found a {type(obj).__name__}")
+    return obj
+
+
+def _read_matrix(path: str) -> torch.Tensor:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable ({e})") from None
+        array = np.load(path)  # allow_pickle stays False: a .npy that holds objects is refused
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: unreadable or truncated matrix ({str(e).splitlines()[0] if str(e) else e})") \
+            from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"{path}: expected a 2-d float matrix, found {array.dtype} {list(array.shape)}")
+    return torch.from_numpy(array).float()
 
 
 def load_saved(run_dir: str, direction: str) -> Optional[SavedRun]:
@@ -55,17 +65,19 @@ def load_saved(run_dir: str, direction: str) -> Optional[SavedRun]:
     items_path = os.path.join(run_dir, f"sims_{direction}_items.json")
     if not os.path.isfile(results_path) or not os.path.isfile(items_path):
         return None
-    results = _read_json(results_path)
+    results = _read_object(results_path)
     config_path = os.path.join(run_dir, f"config_{direction}.json")
-    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    config = _read_object(config_path) if os.path.isfile(config_path) else {}
+    if not isinstance(results.get("levels"), dict):
+        raise DataError(f"{results_path}: no 'levels' (not a results file of eval_t2v / eval_v2t)")
     levels, bank = {}, {}
     for name in results["levels"]:
         for part, into in (("test", levels), ("bank", bank)):
             path = os.path.join(run_dir, f"sims_{direction}_{part}_{name}.npy")
             if not os.path.isfile(path):
                 raise DataError(f"{path}: missing; run the evaluation again with --save_sims")
-            into[name] = torch.from_numpy(np.load(path)).float()
-    return SavedRun(direction, results, config, _read_json(items_path), levels, bank)
+            into[name] = _read_matrix(path)
+    return SavedRun(direction, results, config, _read_object(items_path), levels, bank)
 
 
 def query_gallery(sim: torch.Tensor, caption_to_video: torch.Tensor, direction: str) -> torch.Tensor:
