@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Callable, Optional
 import torch
 
 from modules.common.errors import CheckpointError, ConfigError
+from modules.common.interrupts import deferred
 
 logger = logging.getLogger(__name__)
 class WriteError(CheckpointError, OSError):
@@ -45,8 +46,14 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
 
     A crash or a full disk leaves the previous file untouched and no partial file behind (a process killed mid-write
     leaves a hidden temporary, which ``remove_stale_temporaries`` deletes at the next start). A failed write is a
-    ``WriteError`` whose one-line message names the file.
+    ``WriteError`` whose one-line message names the file. A first SIGINT or SIGTERM waits for the write to finish
+    (``modules.common.interrupts``); a second one abandons it, leaving the previous file.
     """
+    with deferred():
+        _write_and_rename(path, write)
+
+
+def _write_and_rename(path: str, write: Callable[[Any], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp, recorder = None, None
     try:
