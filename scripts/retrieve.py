@@ -6,7 +6,8 @@
 
 ``index`` encodes every video under DIR (recursively) once and caches the features in FILE (default
 DIR/ucofia_index.pt); a later run, and ``search``, which brings the index up to date first, encode only the files that
-are new or changed (path, size, modification time) and everything again only for another checkpoint or other settings.
+are new or changed (path, size, modification and status-change times) and everything again only for another
+checkpoint file, other settings or another version of the code or its libraries.
 Undecodable files are skipped with a warning and counted. ``rank`` orders the captions of a text file (one per line)
 for one video.
 

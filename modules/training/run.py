@@ -192,9 +192,10 @@ def after_step(run: Run) -> None:
 def stop_requested(rt: Runtime) -> bool:
     """Whether SIGINT or SIGTERM reached this process, or under several processes any of them (all stop after the
     same step)."""
+    if not rt.distributed:
+        return requested() is not None
     flag = torch.tensor([1 if requested() is not None else 0], device=rt.device)
-    if rt.distributed:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item())
 
 
