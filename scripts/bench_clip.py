@@ -8,16 +8,13 @@ largest difference of the outputs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modules.model.clip import Attention, build_random_clip  # noqa: E402
+from modules.model.clip import Attention, build_random_clip
 
 
 def plain_attention(self: Attention, x: torch.Tensor, causal: bool = False, attn_mask=None) -> torch.Tensor:

@@ -11,17 +11,15 @@ the peak memory (CUDA allocator, or the process's resident memory on the CPU).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modules.evaluation.encoding import LEVELS, combine, sk_biases  # noqa: E402
-from modules.model.clip import ARCHITECTURES, CLIP  # noqa: E402
-from modules.model.features import TextFeatures, VideoFeatures  # noqa: E402
+from modules.evaluation.encoding import LEVELS, combine, sk_biases
+from modules.evaluation.sinkhorn import SK_ITERS
+from modules.model.clip import ARCHITECTURES, CLIP
+from modules.model.features import TextFeatures, VideoFeatures
 from modules.model.ucofia import ModelConfig, UCoFiA
 
 
@@ -79,7 +77,7 @@ def main(argv=None) -> None:
         bank = {k: torch.cat(v) for k, v in parts.items()}
         sync(device)
         t_bank = time.perf_counter()
-        bias = sk_biases(bank, 4)
+        bias = sk_biases(bank, SK_ITERS)
         sync(device)
         t_sk = time.perf_counter()
         levels = model.similarity_levels(test, videos)

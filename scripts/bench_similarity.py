@@ -20,18 +20,14 @@ the tau = 0.01 softmaxes produce many, which slows x86 CPUs several-fold and cha
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
+from benchlib import peak_rss_mb, rss_mb, run_roles, save_role
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
-
-from modules.model.similarity import LevelHead  # noqa: E402
-from modules.model.temporal import TemporalTransformer  # noqa: E402
-from modules.model.ucofia import ModelConfig  # noqa: E402
+from modules.model.similarity import LevelHead
+from modules.model.temporal import TemporalTransformer
+from modules.model.ucofia import ModelConfig
 
 TEMPORAL_LAYERS, TAU, LOGIT_SCALE = 4, 0.01, 100.0
 
@@ -46,7 +42,7 @@ def build(args, mask_padding: bool):
     with torch.no_grad():
         for p in head.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=g))
-        for name, p in temporal.named_parameters():
+        for p in temporal.parameters():
             if p.dim() > 1:
                 p.normal_(0, d ** -0.5, generator=g)
     text = dict(sentence=torch.randn(args.texts, d, generator=g),

@@ -10,17 +10,13 @@ score gradients equal within float rounding, and prints peak memory and forward 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from benchlib import peak_rss_mb, rss_mb, run_roles, save_role
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import peak_rss_mb, rss_mb, run_roles, save_role  # noqa: E402
-
-from modules.model.token_selection import perturbed_topk  # noqa: E402
+from modules.model.token_selection import perturbed_topk
 
 
 class OneHotTopK(torch.autograd.Function):

@@ -9,13 +9,10 @@ process's peak resident memory. Prints clips/s, seconds per step, peak memory an
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import peak_rss_mb, run_roles, save_role  # noqa: E402
+from benchlib import peak_rss_mb, run_roles, save_role
 
 MODES = ("fp32", "bf16", "legacy_fp16")
 

@@ -23,12 +23,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modules.data import DataConfig, build_split, load_video  # noqa: E402
-from modules.data.synthetic import generate  # noqa: E402
-from modules.data.transforms import CLIP_MEAN, CLIP_STD  # noqa: E402
-from modules.data.video import read_frames, sample_frame_indices  # noqa: E402
+from modules.data import DataConfig, build_split, load_video
+from modules.data.synthetic import generate
+from modules.data.transforms import CLIP_MEAN, CLIP_STD
+from modules.data.video import read_frames, sample_frame_indices
 
 
 def make_video(ffmpeg: str | None, path: str, seconds: int, fps: int, width: int, height: int) -> str:

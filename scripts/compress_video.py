@@ -17,9 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modules.data.annotations import VIDEO_EXTENSIONS  # noqa: E402
+from modules.data.annotations import VIDEO_EXTENSIONS
 
 
 def find_ffmpeg(explicit: str | None = None) -> str:

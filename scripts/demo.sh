@@ -1,11 +1,12 @@
 #!/bin/sh
 # The embedded default: no download, no GPU. Generates a synthetic video-caption set (coloured shapes moving over
 # backgrounds, real mp4 files), trains UCoFiA with a small randomly initialised CLIP, evaluates text-to-video and
-# video-to-text retrieval with SK-norm and prints one table. About 4 minutes on two CPU cores.
+# video-to-text retrieval with SK-norm, prints one table, and ends with the paths of the training curves
+# (training.png) and of the evaluation report (report.html, open it in a browser). About 4 minutes on two CPU cores.
 #   sh scripts/demo.sh
-# Knobs (environment): DEMO_DIR (default runs/demo), DEMO_TRAIN / DEMO_TEST (videos, 240 / 60), DEMO_EPOCHS (7),
-# DEMO_CLIP (random:tiny; with modules/ViT-B-32.pt present, DEMO_CLIP=ViT-B/32 fine-tunes OpenAI's CLIP with the
-# published learning rates instead, which is much slower on a CPU).
+# Knobs (environment): PYTHON (default python3, then python), DEMO_DIR (default runs/demo), DEMO_TRAIN / DEMO_TEST
+# (videos, 240 / 60), DEMO_EPOCHS (7), DEMO_CLIP (random:tiny; with modules/ViT-B-32.pt present, DEMO_CLIP=ViT-B/32
+# fine-tunes OpenAI's CLIP with the published learning rates instead, which is much slower on a CPU).
 set -e
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT=${DEMO_DIR:-runs/demo}
@@ -13,14 +14,16 @@ TRAIN=${DEMO_TRAIN:-240}
 TEST=${DEMO_TEST:-60}
 EPOCHS=${DEMO_EPOCHS:-7}
 CLIP=${DEMO_CLIP:-random:tiny}
+# The code of this checkout, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+. "$ROOT/scripts/python.sh"
 
 # The demo only ever deletes a folder it made itself (marked by .ucofia_demo).
 if [ -e "$OUT" ] && [ ! -e "$OUT/.ucofia_demo" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
     echo "error: $OUT exists and was not made by the demo; set DEMO_DIR to another folder" >&2
     exit 2
 fi
-rm -rf "$OUT/data" "$OUT/train" "$OUT/eval"
+rm -rf "$OUT/data" "$OUT/train" "$OUT/eval" "$OUT/training.png" "$OUT/report.html"
 mkdir -p "$OUT"
 touch "$OUT/.ucofia_demo"
 START=$(date +%s)
@@ -39,16 +42,23 @@ DATA="--datatype msrvtt --train_csv $OUT/data/train.csv --val_csv $OUT/data/test
       --num_thread_reader 2"
 
 echo "== 1/4 synthetic set: $TRAIN training and $TEST test videos in $OUT/data"
-python "$ROOT/scripts/make_synthetic.py" --out "$OUT/data" --train "$TRAIN" --test "$TEST" --seed 0
+"$PYTHON" "$ROOT/scripts/make_synthetic.py" --out "$OUT/data" --train "$TRAIN" --test "$TEST" --seed 0
 echo "== 2/4 training UCoFiA on $CLIP for $EPOCHS epochs ($OUT/train)"
-python -m train.main --do_train $DATA $RECIPE --pretrained_clip_name "$CLIP" --epochs "$EPOCHS" \
+"$PYTHON" -m train.main --do_train $DATA $RECIPE --pretrained_clip_name "$CLIP" --epochs "$EPOCHS" \
     --expand_msrvtt_sentences --batch_size_val 32 --n_display 20 --output_dir "$OUT/train"
 echo "== 3/4 text-to-video retrieval with SK-norm (bank: every training caption)"
-python -m eval_t2v.main $DATA --init_model "$OUT/train/checkpoints/last.pth" --batch_size_val 32 --output_dir "$OUT/eval"
+"$PYTHON" -m eval_t2v.main $DATA --init_model "$OUT/train/checkpoints/last.pth" --batch_size_val 32 --save_sims \
+    --output_dir "$OUT/eval"
 echo "== 4/4 video-to-text retrieval with SK-norm (bank: every training video)"
-python -m eval_v2t.main $DATA --init_model "$OUT/train/checkpoints/last.pth" --batch_size_val 32 --output_dir "$OUT/eval"
+"$PYTHON" -m eval_v2t.main $DATA --init_model "$OUT/train/checkpoints/last.pth" --batch_size_val 32 --save_sims \
+    --output_dir "$OUT/eval"
+"$PYTHON" "$ROOT/scripts/plot_training.py" "$OUT/train" --out "$OUT/training.png" > /dev/null
+"$PYTHON" "$ROOT/scripts/report.py" "$OUT/eval" --out "$OUT/report.html" > /dev/null
 
 echo
 echo "UCoFiA demo: $CLIP trained on $TRAIN synthetic videos for $EPOCHS epochs, last epoch's checkpoint," \
      "$(( $(date +%s) - START )) s in all"
-python "$ROOT/scripts/summarize_results.py" "$OUT/eval"
+"$PYTHON" "$ROOT/scripts/summarize_results.py" "$OUT/eval"
+echo
+echo "training curves: $OUT/training.png"
+echo "evaluation report: $OUT/report.html"

@@ -1,4 +1,5 @@
 # Shared by train/scripts/*.sh and eval_*/scripts/*.sh (sourced, POSIX sh): required variables and the torchrun line.
+#   PYTHON       the interpreter (default python3, then python); torchrun runs as $PYTHON -m torch.distributed.run
 #   NGPU         processes per node (default: every visible GPU, or 1 on a machine without one)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   multi-node runs (defaults: one node on this machine)
 #   DRY_RUN=1    print the command instead of running it
@@ -11,8 +12,9 @@ require() {
     fi
 }
 
+. "$ROOT/scripts/python.sh"
 if [ -z "${NGPU:-}" ]; then
-    NGPU=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))" 2>/dev/null || echo 1)
+    NGPU=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))" 2>/dev/null || echo 1)
 fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
@@ -28,4 +30,5 @@ run() {
     PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@"
 }
 
-LAUNCH="torchrun --nproc_per_node=$NGPU --nnodes=$NNODES --node_rank=$NODE_RANK --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT"
+LAUNCH="$PYTHON -m torch.distributed.run --nproc_per_node=$NGPU --nnodes=$NNODES --node_rank=$NODE_RANK"
+LAUNCH="$LAUNCH --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT"

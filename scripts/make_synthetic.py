@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modules.data.synthetic import generate  # noqa: E402
+from modules.data.synthetic import generate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,15 +24,14 @@ from typing import Optional, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # FFmpeg's and OpenCV's own messages about a broken file ("moov atom not found") repeat the one-line warning that
 # names the file, less clearly; set before OpenCV loads, and only where the user has not chosen a level.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from modules.common.errors import ConfigError, DataError  # noqa: E402
-from modules.common.runtime import run_entry, setup, setup_logging  # noqa: E402
-from modules.data import list_videos  # noqa: E402
+from modules.common.errors import ConfigError, DataError
+from modules.common.runtime import run_entry, setup, setup_logging
+from modules.data import list_videos
 from modules.evaluation.retrieval import (
     Tool,
     VideoIndex,
@@ -44,7 +43,7 @@ from modules.evaluation.retrieval import (
     tool_overrides,
     update_index,
 )
-from modules.model.similarity import LEVELS  # noqa: E402
+from modules.model.similarity import LEVELS
 
 INDEX_NAME = "ucofia_index.pt"
 COLUMNS = ("overall",) + LEVELS

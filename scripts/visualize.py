@@ -20,67 +20,37 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # See scripts/retrieve.py: a broken file is reported once, by the one-line error.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import cv2  # noqa: E402
+import cv2
 
-from modules.common.errors import ConfigError, DataError  # noqa: E402
-from modules.common.runtime import (  # noqa: E402
-    autocast_context,  # noqa: E402
+from modules.common.errors import ConfigError, DataError
+from modules.common.runtime import (
+    autocast_context,
     run_entry,
     setup,
     setup_logging,
 )
-from modules.data.transforms import clip_frames, resize_center_crop  # noqa: E402
-from modules.data.video import load_video_raw, probe_video  # noqa: E402
-from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides  # noqa: E402
-from modules.model.similarity import LEVELS  # noqa: E402
-from modules.model.tokenizer import get_tokenizer, text_mask, tokenize  # noqa: E402
-from modules.model.ucofia import Explanation  # noqa: E402
+from modules.data.transforms import clip_frames, resize_center_crop
+from modules.data.video import load_video_raw, probe_video
+from modules.evaluation.retrieval import Tool, add_tool_arguments, load_tool, tool_overrides
+from modules.model.similarity import LEVELS
+from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
+from modules.model.ucofia import Explanation
+from scripts.plotlib import GREY, INK, put, text_width, wrap
 
 TILE = 224               # displayed frame side (pixels)
 GAP, MARGIN = 14, 18     # between frames, around the picture
 PER_ROW = 6              # frames per row
 MIN_WIDTH = 820
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-INK, GREY, TRACK = (30, 30, 30), (110, 110, 110), (225, 225, 225)   # BGR
+TRACK = (225, 225, 225)                                             # BGR
 BOX = (0, 140, 255)                                                 # orange: selected patches
 FRAME_BAR, TOKEN_BAR = (200, 120, 40), (60, 160, 60)               # blue: frame-sentence, green: patch-word
 HOT = np.array([40, 40, 215], dtype=np.float64)                     # red end of the word heat scale
 SHOWN_SELECTION = 0.02   # selection weights below this are not drawn (invisible anyway)
 STRONG_SELECTION = 0.25  # from this weight a chosen cell also gets an outline
-
-
-def _ascii(text: str) -> str:
-    """OpenCV's Hershey fonts draw ASCII only."""
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
-
-
-def put(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.5, colour=INK, thickness: int = 1) -> int:
-    """Draw ``text`` with its baseline at y; returns its width."""
-    text = _ascii(text)
-    cv2.putText(img, text, (x, y), FONT, scale, colour, thickness, cv2.LINE_AA)
-    return cv2.getTextSize(text, FONT, scale, thickness)[0][0]
-
-
-def text_width(text: str, scale: float, thickness: int = 1) -> int:
-    return cv2.getTextSize(_ascii(text), FONT, scale, thickness)[0][0]
-
-
-def wrap(text: str, width: int, scale: float, thickness: int = 1) -> list[str]:
-    """Greedy word wrap to ``width`` pixels."""
-    lines, line = [], ""
-    for word in text.split():
-        trial = f"{line} {word}".strip()
-        if line and text_width(trial, scale, thickness) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = trial
-    return lines + ([line] if line else [])
 
 
 def heat(weight: float) -> tuple[int, int, int]:
@@ -273,8 +243,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         tool = load_tool(args.checkpoint, setup(args.device, seed=0), tool_overrides(args), args.precision)
         expl, frames, times, labels = explain_video(tool, args.video, args.caption)
         cfg = tool.model.config
-        whole = len(get_tokenizer().encode(args.caption)) + 2                  # with the start and end token
-        cut = f"; caption cut to max_words = {cfg.max_words} tokens" if whole > cfg.max_words else ""
+        # Cut when the caption has more than max_words - 2 tokens besides the start and end token.
+        kept = get_tokenizer().encode(args.caption, max_tokens=cfg.max_words - 1)
+        cut = f"; caption cut to max_words = {cfg.max_words} tokens" if len(kept) > cfg.max_words - 2 else ""
         subtitle = (f"{os.path.basename(args.video)}: {len(frames)} frames sampled (max {cfg.max_frames}); "
                     f"top-K {cfg.eval_topk}, K = {cfg.topk}; checkpoint {os.path.basename(args.checkpoint)}{cut}")
         img = render(expl, frames, times, labels, args.caption, subtitle, tool.model.clip.config.grid_size)

@@ -16,6 +16,11 @@ def test_demo_runs_and_prints_the_table(tmp_path):
         assert line in tail, line
     for name in ("train/checkpoints/last.pth", "eval/results_t2v.json", "eval/results_v2t.json"):
         assert (out / name).is_file(), name
+    # It ends with the paths of the training curves and the evaluation report.
+    assert run.stdout.rstrip().splitlines()[-2:] == [f"training curves: {out}/training.png",
+                                                     f"evaluation report: {out}/report.html"]
+    assert (out / "training.png").stat().st_size > 10000
+    assert "The saved matrices give exactly" in (out / "report.html").read_text()
     # A folder the demo did not make is never deleted: refused.
     assert subprocess.run(["sh", "scripts/demo.sh"], cwd=ROOT, env=dict(env, DEMO_DIR=str(tmp_path)),
                           capture_output=True, text=True).returncode == 2

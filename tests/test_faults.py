@@ -1,4 +1,4 @@
-"""Issue 8: every bad input and fault tried against the real entry points.
+"""Every bad input and fault tried against the real entry points.
 
 A case the user must fix ends with exit status 2 and exactly one ``error: ...`` line on stderr that names the file,
 flag or step (no traceback); ``--skip_bad_videos`` instead logs each dropped video and counts it. In every case no
@@ -292,6 +292,14 @@ def test_skip_bad_videos_logs_and_counts_each(case, skipping_eval):
     assert res["num_videos"] == res["num_texts"] == N_TEST  # the captions of dropped videos are dropped too
 
 
+def test_skipped_counts_add_up_to_what_the_annotation_lists(skipping_eval):
+    _, res = skipping_eval
+    listed = N_TEST + len(BAD_VIDEOS)  # one caption per test video
+    assert res["annotation"] == {"texts": listed, "videos": listed, "left_out": []}
+    assert res["num_videos"] + res["skipped_videos"] == listed
+    assert res["num_texts"] + res["skipped_texts"] == listed and res["skipped_texts"] == len(BAD_VIDEOS)
+
+
 def test_training_skips_bad_videos_logs_and_counts_them(base, tmp_path, capsys):
     folder = copy_set(base, str(tmp_path / "set"))
     os.remove(os.path.join(folder, "videos", "video3.mp4"))
@@ -405,6 +413,21 @@ def test_clip_window_past_the_end(base, checkpoint, tmp_path, capsys):
     assert load_video_raw(path, cfg, 0, 1000)[1] == load_video_raw(path, cfg)[1]  # the whole video
     with pytest.raises(DataError, match=rf"{first}.mp4: no frames in the window \[100, 120\] s"):
         load_video(path, cfg, 100, 120)
+
+
+def test_activitynet_ids_with_a_byte_order_mark_and_an_unannotated_id(base, checkpoint, tmp_path):
+    """Every id used (the mark no longer hides the first), and the listed id without annotation is counted."""
+    folder = _activitynet_copy(base, str(tmp_path / "activity"), {})
+    ids = list(json.load(open(os.path.join(folder, "val_1.json"))))
+    with open(os.path.join(folder, "val_ids.json"), "w", encoding="utf-8-sig") as f:
+        json.dump(ids + ["v_gone"], f)
+    out = str(tmp_path / "out")
+    flags = ["--datatype", "activity", "--data_path", folder, "--features_path", os.path.join(base, "videos")]
+    assert eval_t2v(flags + EVAL + ["--init_model", checkpoint, "--output_dir", out]) == 0
+    res = results(out)
+    assert res["num_videos"] == N_TEST and res["skipped_videos"] == 0 and res["annotation"]["videos"] == N_TEST
+    assert len(res["annotation"]["left_out"]) == 1
+    assert "val_ids.json: 1 listed video(s) have no annotation in" in res["annotation"]["left_out"][0]
 
 
 # ------------------------------------------------------------------------------------------- annotations

@@ -1,5 +1,6 @@
 """Tokenizer parity with open_clip's implementation of OpenAI's CLIP tokenizer."""
 import random
+import time
 
 import open_clip
 import pytest
@@ -87,3 +88,42 @@ def test_decode_round_trip():
 def test_context_too_short():
     with pytest.raises(ValueError, match="at least 2"):
         tokenize("a", 1)
+
+
+def _random_words(n: int, seed: int = 0) -> list[str]:
+    """Single pre-tokens up to 300 characters, from alphabets that make long merge chains."""
+    rng = random.Random(seed)
+    alphabets = ["abcdefghijklmnopqrstuvwxyz", "aeinrst", "ab", "thequickbrownfox", "ßàéîõüçñ日本語", "!?.,;:'-"]
+    return ["".join(rng.choice(alpha) for _ in range(rng.choice([1, 2, 5, 13, 40, 120, 300])))
+            for alpha in (rng.choice(alphabets) for _ in range(n))]
+
+
+def test_bpe_merges_as_open_clip_on_long_words():
+    """The heap-based merge loop against open_clip's (OpenAI's) quadratic loop, on whole pre-tokens."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    reference, ours = SimpleTokenizer(), get_tokenizer()
+    vocab_pieces = [t.replace("</w>", "") for t in list(ours.encoder)[512:49000:7]]
+    rng = random.Random(1)
+    words = _random_words(400) + ["".join(rng.sample(vocab_pieces, 4)) for _ in range(300)]
+    for word in words:
+        symbols = "".join(ours.byte_encoder[b] for b in word.encode("utf-8"))
+        assert ours.bpe(symbols) == reference.bpe(symbols), word
+
+
+def test_encoding_stops_after_the_kept_tokens():
+    tok = get_tokenizer()
+    text = " ".join(_random_words(60, seed=2))
+    whole = tok.encode(text)
+    for k in (1, 5, 30, len(whole), len(whole) + 3):
+        assert tok.encode(text, max_tokens=k) == whole[:k]
+
+
+@pytest.mark.parametrize("text", ["x" * 100_000, "".join(random.Random(3).choice("abcdefghij") for _ in range(100_000)),
+                                  "a red circle moves left " * 5000])
+def test_100000_character_caption_is_bounded(text):
+    """A single 100,000-letter word used to take minutes (quadratic merges); many words used to be encoded whole."""
+    start = time.perf_counter()
+    ids = tokenize(text, 77)
+    assert time.perf_counter() - start < 10
+    assert ids.shape == (1, 77) and ids[0, -1] == get_tokenizer().eot_id

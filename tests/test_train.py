@@ -114,11 +114,12 @@ def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
-    assert words[:2] == ["torchrun", "--nproc_per_node=2"]
-    module = words[words.index("-m") + 1]
+    assert words[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    at = words.index("-m", 3)  # the entry point's -m, after the launcher's
+    module = words[at + 1]
     entry = module.split(".")[0]
     parser = train_parser() if entry == "train" else eval_parser(entry[-3:])
-    args = parser.parse_args(words[words.index("-m") + 2:])
+    args = parser.parse_args(words[at + 2:])
     assert args.output_dir == str(tmp_path)
     missing = subprocess.run(["sh", script], cwd=ROOT, env=dict(os.environ, DRY_RUN="1"), capture_output=True,
                              text=True)

@@ -150,7 +150,7 @@ def test_eval_selection_is_fixed_and_per_video():
 
 def test_save_load_is_bit_exact(tmp_path):
     model = tiny_model(seed=0)
-    with torch.no_grad():                                                  # fine-tuned shifted blocks (Q1)
+    with torch.no_grad():                                                  # fine-tuned shifted blocks
         for p in model.clip.visual.transformer.resblocks[-1].attn.parameters():
             p.add_(0.05)
     perturb_head(model)

@@ -7,6 +7,7 @@ validates ``--init_model`` (raw metrics) instead of training. The training run g
 import json
 import logging
 import os
+import shlex
 import sys
 
 from modules.common.errors import ConfigError
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
             if lock.note:
                 logger.warning("%s", lock.note)
             if cfg.do_train:
-                run_training(cfg, rt, validate_split)
+                command = "python -m train.main " + shlex.join(sys.argv[1:] if argv is None else argv)
+                run_training(cfg, rt, validate_split, command)
                 return 0
             if not cfg.init_model:
                 raise ConfigError("--do_eval without --do_train needs --init_model")

@@ -52,10 +52,14 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else None
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, title: str, mode: str) -> None:
-    """One argument group holding every flag of ``cls`` in ``mode``; defaults are filled in by ``values``."""
+def add_options(parser: argparse.ArgumentParser, cls: type, title: str, mode: str,
+                only: Optional[Iterable[str]] = None) -> None:
+    """One argument group holding every flag of ``cls`` in ``mode`` (or the fields named in ``only``); defaults are
+    filled in by ``values``: a flag not given is absent from the namespace."""
     group = parser.add_argument_group(title)
     for f in cli_fields(cls, mode):
+        if only is not None and f.name not in only:
+            continue
         meta, default = f.metadata, _default(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         hidden = default is None or default is False or default == ""

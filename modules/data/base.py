@@ -11,6 +11,7 @@ DataLoader workers or GPUs. The epoch and the set of videos that failed to decod
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Any, Sequence
@@ -21,6 +22,8 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from modules.common.errors import DataError
+from modules.common.io import not_a_regular_file
+from modules.data.annotations import shown
 from modules.data.config import DataConfig
 from modules.data.transforms import seed_entropy
 from modules.data.video import load_video
@@ -46,11 +49,16 @@ class RetrievalSplit(Dataset):
         is_test_fallback: True when "val" was asked for and this dataset has no validation split.
         skipped: paths of videos dropped from the split when building (missing or empty; reasons are logged).
         undecodable: paths of videos that failed to decode later, seen from any worker (see the property).
+        listed_texts, listed_videos: what the annotation gives for the split before anything is dropped; every
+            count reported adds up to these (kept + skipped).
+        left_out: one line per kind of entry the reader left out of the split, and why (already logged), e.g. ids of
+            an id list that the annotation file does not annotate.
     """
 
     def __init__(self, cfg: DataConfig, name: str, split: str, captions: Sequence[str],
                  caption_to_video: Sequence[int], video_ids: Sequence[str], video_paths: Sequence[str | None],
-                 windows: Sequence[tuple[float, float] | None] | None = None, one_caption_per_video: bool = False):
+                 windows: Sequence[tuple[float, float] | None] | None = None, one_caption_per_video: bool = False,
+                 left_out: Sequence[str] = ()):
         """
         Args:
             cfg: data configuration.
@@ -60,6 +68,7 @@ class RetrievalSplit(Dataset):
             windows: optional clip window per video.
             one_caption_per_video: items are videos and each draws one of its captions per epoch (MSR-VTT training
                 without --expand_msrvtt_sentences); otherwise items are captions.
+            left_out: as the attribute.
         """
         self.cfg, self.name, self.split = cfg, name, split
         self.is_test_fallback = False
@@ -67,11 +76,15 @@ class RetrievalSplit(Dataset):
         self.frame_order = cfg.train_frame_order if split == "train" else cfg.eval_frame_order
         windows = list(windows) if windows is not None else [None] * len(video_ids)
         c2v = np.asarray(caption_to_video, dtype=np.int64)
+        self.listed_texts, self.listed_videos = len(captions), len(video_ids)
+        self.left_out = list(left_out)
         self.skipped: list[str] = []  # paths dropped when building (missing or empty files)
         keep = self._check_files(list(video_ids), list(video_paths))
         if not keep.all():
             new_index = np.cumsum(keep) - 1
             kept_caps = keep[c2v]
+            logger.warning("%s %s: %d caption(s) dropped with the %d skipped video(s)", name, split,
+                           int((~kept_caps).sum()), int((~keep).sum()))
             captions = [c for c, k in zip(captions, kept_caps) if k]
             c2v = new_index[c2v[kept_caps]]
             video_ids = [v for v, k in zip(video_ids, keep) if k]
@@ -100,28 +113,39 @@ class RetrievalSplit(Dataset):
 
     def __repr__(self) -> str:
         return (f"{self.name} {self.split}: {len(self.captions)} captions, {len(self.video_ids)} videos, "
-                f"{len(self)} items, {len(self.skipped)} bad videos skipped")
+                f"{len(self)} items, {len(self.skipped)} bad videos skipped (the annotation lists "
+                f"{self.listed_texts} captions of {self.listed_videos} videos)")
 
     def _check_files(self, video_ids: list[str], video_paths: list[str | None]) -> np.ndarray:
         """Keep-mask of videos whose file exists and is non-empty; raise or log the others."""
         bad = []
         for vid, path in zip(video_ids, video_paths):
-            if path is None or not os.path.isfile(path):
-                bad.append((vid, path, "missing"))
+            kind = not_a_regular_file(path) if path is not None else "missing"
+            if kind:  # a FIFO or device named like a video would block or never end when decoded
+                bad.append((vid, path, kind if kind == "missing" else f"not a regular file: {kind}"))
             elif os.path.getsize(path) == 0:
                 bad.append((vid, path, "empty file"))
         if bad and not self.cfg.skip_bad_videos:
-            named = ", ".join(f"{vid} ({why})" for vid, _, why in bad[:MAX_NAMED])
+            named = ", ".join(f"{shown(vid)} ({why})" for vid, _, why in bad[:MAX_NAMED])
             more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
             raise DataError(f"{len(bad)} of {len(video_ids)} videos of {self.name} {self.split} are missing or empty "
                             f"under {self.cfg.features_path}: {named}{more} (--skip_bad_videos drops them)")
         for vid, path, why in bad:
-            logger.warning("skipping video %s of %s %s: %s (%s)", vid, self.name, self.split, why, path)
+            logger.warning("skipping video %s of %s %s: %s (%s)", shown(vid), self.name, self.split, why, path)
             self.skipped.append(path or os.path.join(self.cfg.features_path, vid))
         if bad:
             logger.warning("%s %s: skipped %d bad videos of %d", self.name, self.split, len(bad), len(video_ids))
         bad_ids = {vid for vid, _, _ in bad}
         return np.array([vid not in bad_ids for vid in video_ids], dtype=bool)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The split's identity for results and exported models: counts, and a sha256 over its sorted
+        (video id, caption) pairs and video ids (row order and file layout do not change it; any edited caption,
+        added or dropped video does)."""
+        lines = sorted(f"{self.video_ids[v]}\t{c}" for c, v in zip(self.captions, self.caption_to_video))
+        digest = hashlib.sha256("\n".join(lines + sorted(self.video_ids)).encode("utf-8")).hexdigest()
+        return {"datatype": self.name, "split": self.split, "videos": len(self.video_ids),
+                "captions": len(self.captions), "sha256": digest}
 
     @property
     def undecodable(self) -> list[str]:
@@ -256,11 +280,11 @@ def collate_skip_none(batch: list[Any]) -> Any:
 def split_from_lists(cfg: DataConfig, name: str, split: str, index: Any, video_ids: Sequence[str],
                      captions_per_video: Sequence[Sequence[str]],
                      windows: Sequence[tuple[float, float] | None] | None = None,
-                     one_caption_per_video: bool = False) -> RetrievalSplit:
+                     one_caption_per_video: bool = False, left_out: Sequence[str] = ()) -> RetrievalSplit:
     """Build a split from each video's (already checked) captions, resolving files with a ``VideoIndex``.
 
     Args:
-        cfg, name, split, windows, one_caption_per_video: as ``RetrievalSplit``.
+        cfg, name, split, windows, one_caption_per_video, left_out: as ``RetrievalSplit``.
         index: ``modules.data.annotations.VideoIndex`` of --features_path.
         video_ids: each video once, in the order of the dataset's list.
         captions_per_video: the captions of each video, in file order.
@@ -271,4 +295,4 @@ def split_from_lists(cfg: DataConfig, name: str, split: str, index: Any, video_i
     caption_to_video = np.repeat(np.arange(len(video_ids)), [len(caps) for caps in captions_per_video])
     paths = [index.find(v) for v in video_ids]
     return RetrievalSplit(cfg, name, split, captions, caption_to_video, video_ids, paths, windows,
-                          one_caption_per_video)
+                          one_caption_per_video, left_out)

@@ -26,6 +26,9 @@ class EvalRunOptions:
     save_sims: bool = option(False, "write the per-level test and bank similarity matrices as .npy")
     feature_cache: Optional[str] = option(None, "folder caching encoded test features and bank similarities, so a "
                                           "second evaluation only scores")
+    zero_shot: bool = option(False, "evaluate plain CLIP from --pretrained_clip_name instead of a checkpoint: no "
+                             "UCoFiA head, the mean of the frame embeddings against the sentence embedding (the "
+                             "CLIP4Clip family's zero-shot baseline), same protocol, SK-norm and results file")
     sk_iters: int = setting(SK_ITERS, "Sinkhorn-Knopp iterations of SK-norm (published)")
 
 
@@ -70,4 +73,6 @@ def parse_args(argv: Optional[Sequence[str]], direction: str) -> EvalConfig:
     validate_run(cfg)
     if cfg.sk_bank_size < 0:
         raise ConfigError(f"--sk_bank_size must be 0 (whole split) or positive, got {cfg.sk_bank_size}")
+    if cfg.zero_shot and cfg.init_model:
+        raise ConfigError("--zero_shot evaluates plain CLIP from --pretrained_clip_name; it takes no --init_model")
     return cfg

@@ -4,7 +4,8 @@ Under several processes each rank encodes a contiguous shard; features are gathe
 index, so nothing is encoded twice and no padding duplicate reaches the metrics. Scoring is split by text rows across
 ranks. The SK-norm bank is the whole training split (or a fixed subsample), the same for any number of processes:
 text-to-video uses every training caption and gives a bias per test video; video-to-text uses every training video
-once and gives a bias per test caption (paper-notes §3.6).
+once and gives a bias per test caption (the published bank: docs/architecture.md, "The SK bank depends on the
+number of processes").
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from modules.data.samplers import ShardSampler, epoch_permutation
 from modules.evaluation.metrics import t2v_metrics, v2t_metrics
 from modules.evaluation.sinkhorn import SK_ITERS, sk_bias
 from modules.model.features import TextFeatures, VideoFeatures
-from modules.model.similarity import LEVELS
 
 logger = logging.getLogger("ucofia")
 TEXT_BATCH_FACTOR = 8
@@ -137,16 +137,17 @@ def encode_test_set(model, split, rt: Runtime, opts: EvalOptions) -> TestFeature
 
 
 def score_test(model, feats: TestFeatures, rt: Runtime) -> dict[str, torch.Tensor]:
-    """Per-level [Nt, Nv] logits; each rank scores a contiguous block of text rows, then rows are gathered."""
+    """Per-level [Nt, Nv] logits (the levels ``model.level_names``); each rank scores a contiguous block of text
+    rows, then rows are gathered."""
     rows = torch.tensor(_shard_indices(feats.text.sentence.shape[0], rt), dtype=torch.long, device=rt.device)
     n_videos = feats.video.frames.shape[0]
     if rows.numel() == 0:  # more processes than captions
-        sims = {k: torch.zeros(0, n_videos, device=rt.device) for k in LEVELS}
+        sims = {k: torch.zeros(0, n_videos, device=rt.device) for k in model.level_names}
     else:
         text = feats.text[rows]
         with torch.no_grad():
             sims = model.similarity_levels(text, feats.video)
-    return {k: all_gather_rows(sims[k].float()) for k in LEVELS}
+    return {k: all_gather_rows(sims[k].float()) for k in model.level_names}
 
 
 def bank_subset(n: int, opts: EvalOptions) -> Optional[torch.Tensor]:
@@ -174,24 +175,24 @@ def bank_scores(model, train_split, feats: TestFeatures, direction: str, rt: Run
 
         def score(bank):
             return {k: v.t() for k, v in model.similarity_levels(texts, bank).items()}  # [b, Nt]
-    parts = {k: [] for k in LEVELS}
+    parts = {k: [] for k in model.level_names}
     for bank, _ in stream_fn(model, view, rt, opts, bank_subset(len(view), opts), desc):
         with torch.no_grad():
             sims = score(bank)                                           # [b, gallery]
-        for k in LEVELS:
+        for k in parts:
             parts[k].append(sims[k].float())
     n_cols = feats.video.frames.shape[0] if direction == "t2v" else feats.text.sentence.shape[0]
     out = {}
-    for k in LEVELS:
+    for k in parts:
         local = torch.cat(parts[k]) if parts[k] else torch.zeros(0, n_cols, device=rt.device)
         out[k] = all_gather_rows(local)
-    if out[LEVELS[0]].shape[0] == 0:
+    if next(iter(out.values())).shape[0] == 0:
         raise DataError("the SK-norm bank is empty: the training split has no usable items")
     return out
 
 
 def sk_biases(bank: dict[str, torch.Tensor], n_iters: int) -> dict[str, torch.Tensor]:
-    return {k: sk_bias(bank[k], n_iters=n_iters) for k in LEVELS}
+    return {k: sk_bias(v, n_iters=n_iters) for k, v in bank.items()}
 
 
 def add_bias(sim: torch.Tensor, bias: torch.Tensor, direction: str) -> torch.Tensor:
@@ -203,9 +204,9 @@ def combine(levels: dict[str, torch.Tensor], bias: Optional[dict[str, torch.Tens
             direction: str = "t2v") -> torch.Tensor:
     """Mean of the levels [Nt, Nv], each plus its own SK bias when given."""
     total = 0
-    for k in LEVELS:
-        total = total + (levels[k] if bias is None else add_bias(levels[k], bias[k], direction))
-    return total / len(LEVELS)
+    for k, sim in levels.items():
+        total = total + (sim if bias is None else add_bias(sim, bias[k], direction))
+    return total / len(levels)
 
 
 def dsl(sim: torch.Tensor, direction: str) -> torch.Tensor:

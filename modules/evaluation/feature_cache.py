@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from modules.common.cache_keys import cache_key, code_version, file_identity, file_stamp, software_versions
-from modules.common.io import atomic_save, read_checkpoint
+from modules.common.io import atomic_save, read_checkpoint, weights_file
 from modules.common.runtime import Runtime
 from modules.data.base import RetrievalSplit
 from modules.evaluation.config import EvalConfig
@@ -58,11 +58,20 @@ def split_identity(split: RetrievalSplit, texts: bool = True, videos: bool = Tru
     return out
 
 
+def weights_identity(cfg: EvalConfig) -> dict:
+    """The weights evaluated: the checkpoint (its weights file for an exported folder), or zero-shot CLIP's weights
+    file; a random zero-shot backbone is named by its architecture and seed."""
+    source = cfg.pretrained_clip_name if cfg.zero_shot else cfg.init_model
+    if cfg.zero_shot and not os.path.exists(source):
+        return {"zero_shot": source, "seed": cfg.seed}
+    return {"zero_shot" if cfg.zero_shot else "checkpoint": file_identity(weights_file(source))}
+
+
 def test_key(cfg: EvalConfig, rt: Runtime, split: RetrievalSplit) -> str:
     """Key of the test features of ``split`` encoded by ``cfg.init_model`` with ``cfg``'s settings."""
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_KEYED}
     return cache_key({"format": FORMAT, "code": code_version(), "software": software_versions(),
-                      "checkpoint": file_identity(cfg.init_model), "model": dataclasses.asdict(cfg.model),
+                      "weights": weights_identity(cfg), "model": dataclasses.asdict(cfg.model),
                       "data": data, "precision": cfg.precision, "device": rt.device.type,
                       "split": split_identity(split)})
 

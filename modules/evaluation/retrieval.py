@@ -21,8 +21,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from modules.common.cache_keys import cache_key, code_version, file_identity, file_stamp, software_versions
+from modules.common.cli import add_options
 from modules.common.errors import CheckpointError, ConfigError, DataError
-from modules.common.io import atomic_save, read_checkpoint
+from modules.common.io import atomic_save, read_checkpoint, weights_file
+from modules.common.options import DEVICES
 from modules.common.runtime import Runtime, autocast_context
 from modules.data import DataConfig, VideoFiles
 from modules.evaluation.encoding import EvalOptions, combine, gather_all, iter_video_features
@@ -35,7 +37,8 @@ from modules.model.ucofia import ModelConfig, UCoFiA
 logger = logging.getLogger("ucofia")
 INDEX_FORMAT = "ucofia-video-index-v2"  # v2: keys from modules.common.cache_keys, files stamped with ctime too
 # Model settings a tool may override (e.g. for a published checkpoint, which saves none); the rest must match.
-MODEL_FLAGS = ("max_words", "max_frames", "topk", "sim_header", "patch_scorer", "mask_padding", "eval_topk")
+MODEL_FLAGS = ("max_words", "max_frames", "topk", "sim_header", "patch_scorer", "mask_padding", "eval_topk",
+               "shift_layers", "temporal_layers")
 # Frame sampling settings read from the checkpoint's data config, overridable too.
 SAMPLING_FLAGS = ("feature_framerate", "slice_framepos")
 # Data settings a tool's video features depend on (the index key holds them).
@@ -54,28 +57,25 @@ class Tool:
 
 
 def add_tool_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the tools: checkpoint, device, precision and the model/sampling overrides."""
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.main (or the published one)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    """Flags shared by the tools: checkpoint, device, precision and the model/sampling settings."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint of train.main, an exported model folder, or the published checkpoint")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    g = parser.add_argument_group("model settings (default: those saved in the checkpoint, else the published ones)")
-    g.add_argument("--max_words", type=int)
-    g.add_argument("--max_frames", type=int)
-    g.add_argument("--topk", type=int)
-    g.add_argument("--sim_header", choices=["seqTransf", "meanP"])
-    g.add_argument("--patch_scorer", choices=["video", "frame"])
-    g.add_argument("--mask_padding", type=int, choices=[0, 1])
-    g.add_argument("--eval_topk", choices=["perturbed", "hard"])
-    g.add_argument("--feature_framerate", type=float)
-    g.add_argument("--slice_framepos", type=int, choices=[0, 1, 2])
+    add_setting_arguments(parser)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and frame-sampling settings, generated from the config dataclasses; one not given comes from the
+    checkpoint (see ``tool_overrides``)."""
+    add_options(parser, DataConfig, "frame and caption settings (default: the checkpoint's)", "tool",
+                only=("max_words", "max_frames") + SAMPLING_FLAGS)
+    add_options(parser, ModelConfig, "model settings (default: the checkpoint's)", "tool", only=MODEL_FLAGS)
 
 
 def tool_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The model/sampling flags given on the command line (None: not given)."""
-    out = {k: getattr(args, k) for k in MODEL_FLAGS + SAMPLING_FLAGS}
-    if out["mask_padding"] is not None:
-        out["mask_padding"] = bool(out["mask_padding"])
-    return out
+    """The model/sampling flags given on the command line."""
+    return {k: getattr(args, k) for k in MODEL_FLAGS + SAMPLING_FLAGS if hasattr(args, k)}
 
 
 def tool_settings(checkpoint: str, overrides: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
@@ -100,7 +100,7 @@ def load_tool(checkpoint: str, rt: Runtime, overrides: Optional[dict[str, Any]] 
     data = DataConfig(max_words=model_cfg.max_words, max_frames=model_cfg.max_frames,
                       image_resolution=model.clip.config.image_resolution, **sampling)
     key = cache_key({"format": INDEX_FORMAT, "code": code_version(), "software": software_versions(),
-                     "checkpoint": file_identity(checkpoint), "model": dataclasses.asdict(model_cfg),
+                     "checkpoint": file_identity(weights_file(checkpoint)), "model": dataclasses.asdict(model_cfg),
                      "precision": precision, "device": rt.device.type,
                      "data": {k: v for k, v in dataclasses.asdict(data).items() if k in INDEX_DATA_FIELDS}})
     return Tool(model, data, rt, precision, key)

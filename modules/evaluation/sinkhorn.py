@@ -1,6 +1,6 @@
 """SK-norm: a gallery-side prior from Sinkhorn-Knopp balancing of a query-bank x gallery similarity matrix.
 
-Published algorithm (paper-notes §3.6): K = exp(B - max B); b = 1 / column-sums(K); then ``n_iters`` times
+Published algorithm: K = exp(B - max B); b = 1 / column-sums(K); then ``n_iters`` times
 a = 1 / (K b), b = 1 / (a^T K); the bias is log-softmax(log b) over the gallery. A gallery item that every bank query
 scores highly ("hub") gets a large negative bias. Here the iteration runs in log space (same values, no overflow or
 underflow for logits of any scale) and in row blocks, so a 180,000-query bank never needs more than one extra

@@ -13,11 +13,12 @@ from torch import nn
 
 from modules.common.cli import flag_name
 from modules.common.errors import CheckpointError, ConfigError
-from modules.common.io import read_checkpoint
+from modules.common.io import EXPORT_FORMAT, read_checkpoint
 from modules.common.state_dicts import check_compatible
 from modules.model.clip import CLIP, Attention, build_clip, resolve_clip
 from modules.model.published import is_published_state_dict, published_clip_state_dict
 from modules.model.ucofia import TRAINED, ModelConfig, UCoFiA
+from modules.model.zero_shot import ZeroShotCLIP
 
 logger = logging.getLogger("ucofia")
 FLAG_NAMES = {f.name: flag_name(f) for f in dataclasses.fields(ModelConfig)}  # e.g. --cross_num_hidden_layers
@@ -38,7 +39,8 @@ def convert_clip_to_fp16(clip: CLIP) -> None:
     clip.visual.proj.data = clip.visual.proj.data.half()
 
 
-def prepare(model: UCoFiA, precision: str, grad_checkpointing: bool, device: torch.device) -> UCoFiA:
+def prepare(model: nn.Module, precision: str, grad_checkpointing: bool, device: torch.device) -> nn.Module:
+    """Gradient checkpointing and the legacy fp16 weights on ``model.clip``, then ``model`` on ``device``."""
     if grad_checkpointing:
         model.clip.set_grad_checkpointing(True, True)
     if precision == "legacy_fp16":
@@ -47,19 +49,25 @@ def prepare(model: UCoFiA, precision: str, grad_checkpointing: bool, device: tor
 
 
 def build_model(clip_name: str, model_cfg: ModelConfig, precision: str = "fp32", grad_checkpointing: bool = False,
-                device: torch.device = torch.device("cpu")) -> UCoFiA:
+                device: torch.device | str = "cpu") -> UCoFiA:
     """UCoFiA on a CLIP given by ``--pretrained_clip_name`` (OpenAI name, weights file or ``random:<arch>``)."""
     return prepare(UCoFiA(resolve_clip(clip_name), model_cfg), precision, grad_checkpointing, device)
 
 
+def build_zero_shot(clip_name: str, max_words: int, max_frames: int, precision: str = "fp32",
+                    device: torch.device | str = "cpu") -> ZeroShotCLIP:
+    """Plain CLIP from ``--pretrained_clip_name`` as the zero-shot baseline, in eval mode (no checkpoint)."""
+    return prepare(ZeroShotCLIP(resolve_clip(clip_name), max_words, max_frames), precision, False, device).eval()
+
+
 def build_model_from_checkpoint(path: str, model_cfg: ModelConfig, precision: str = "fp32",
-                                device: torch.device = torch.device("cpu")) -> tuple[UCoFiA, dict]:
+                                device: torch.device | str = "cpu") -> tuple[UCoFiA, dict]:
     """UCoFiA whose backbone architecture and weights come from a checkpoint (ours or the published code's).
 
     Returns (model in eval mode, the checkpoint's contents). Loading is strict.
     """
     obj = read_checkpoint(path)
-    raw = obj["model"] if obj.get("format") == FORMAT else obj
+    raw = obj["model"] if obj.get("format") in FORMATS else obj
     if is_published_state_dict(raw):
         clip_state = published_clip_state_dict(raw)
     else:
@@ -85,9 +93,9 @@ def _norm(value):
 
 
 def saved_config(path: str) -> dict:
-    """The resolved configuration saved in a checkpoint of ours ({} for a bare or published state dict), read
-    without loading the weights into memory."""
-    try:
+    """The resolved configuration saved in a checkpoint of ours or an exported folder ({} for a bare or published
+    state dict), read without loading a checkpoint file's weights into memory."""
+    try:  # a folder is no file: read_checkpoint below reads its config.json (and its safetensors)
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
     except Exception:
         obj = read_checkpoint(path)  # raises the one-line CheckpointError for whatever is wrong
@@ -126,13 +134,14 @@ def _show(value) -> str:
 
 
 FORMAT = "ucofia-checkpoint-v1"
+FORMATS = (FORMAT, EXPORT_FORMAT)  # files whose "model" entry is our state dict: training checkpoints, exports
 
 
 def model_state_from(obj: dict, model: nn.Module, path: str) -> dict:
     """The model state dict inside a checkpoint of ours, a bare state dict of ours, or a published-code one."""
     from modules.model.published import import_published_state_dict, is_published_state_dict
 
-    if obj.get("format") == FORMAT:
+    if obj.get("format") in FORMATS:
         state = obj["model"]
     elif not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: neither a checkpoint of this project nor a state dict of tensors")

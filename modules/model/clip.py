@@ -12,7 +12,6 @@ the attention input (after ``ln_1``), which UCoFiA uses to shift patch tokens be
 from __future__ import annotations
 
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
@@ -23,7 +22,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from modules.common.errors import CheckpointError
+from modules.common.io import read_checkpoint
 from modules.common.state_dicts import check_compatible
+from modules.common.torchscript import (
+    is_torchscript_archive,
+    read_torchscript_state_dict,
+)
 
 DEFAULT_WEIGHTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # modules/, where the README puts it
 OPENAI_URLS = {
@@ -284,26 +288,19 @@ def build_clip(state_dict: dict, source: str = "state dict") -> CLIP:
 
 
 def _read_state_dict(path: str) -> dict:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # OpenAI ships TorchScript; its deprecation is not ours
-            return torch.jit.load(path, map_location="cpu").state_dict()
-    except Exception:
-        pass  # not a TorchScript archive: try a plain state dict
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: neither a TorchScript archive nor a weights-only state dict "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    if is_torchscript_archive(path):
+        return read_torchscript_state_dict(path)  # read as data: the archive's code never runs
+    obj = read_checkpoint(path)
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors")
     return obj
 
 
 def load_clip(path: str) -> CLIP:
-    """Load OpenAI's TorchScript archive (e.g. ``ViT-B-32.pt``) or a plain state-dict file, strictly."""
+    """Load OpenAI's TorchScript archive (e.g. ``ViT-B-32.pt``, read as data: its code never runs) or a plain
+    state-dict file, strictly."""
     if not os.path.isfile(path):
         name = os.path.basename(path)
         hint = next((f"; download it with: wget -P {os.path.dirname(path) or '.'} {url}"

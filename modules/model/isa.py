@@ -1,4 +1,4 @@
-"""Interactive Similarity Aggregation (ISA), paper-notes §3.2.
+"""Interactive Similarity Aggregation (ISA), as the published code computes it.
 
 For similarities x over n units (frames, words or patches) and a learnable [n, n] matrix W initialised to the identity:
 

@@ -1,4 +1,4 @@
-"""The training loss: symmetric InfoNCE on the mean of the three levels over the global batch (paper-notes §3.5).
+"""The training loss: symmetric InfoNCE on the mean of the three levels over the global batch.
 
     L = 1/2 [ -1/N sum_i log softmax_row(S)_ii  -  1/N sum_i log softmax_col(S)_ii ],   S = mean of the levels
 
@@ -7,6 +7,8 @@ gradient) and computes only its own rows S[own texts, all videos] and columns S[
 of both sums. The local loss l_r sums to L over ranks, and the gather's backward hands each rank dL/d(its features),
 so backward on W l_r followed by DDP's gradient averaging (divide by W) gives exactly the single-process gradient of L,
 with 2 n_r N instead of N^2 scores per rank. The mean of W l_r over ranks is L, the value to log.
+The published code has every rank compute all of L instead (docs/architecture.md, "Every process computes the
+global loss").
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 The published model keeps CLIP under ``clip.*`` with OpenAI's names, except that wrapping the attention of the shifted
 ViT blocks for the token shift renamed it to ``...resblocks.{10,11}.attn.net.*``. Its other parameters map one to one
 onto ours (``KEY_MAP``, ``PREFIX_MAP``); the frame position table has CLIP's 77 text positions, of which the model
-uses the first ``max_frames``. Parameters the published model creates but never uses (paper-notes Q13) are dropped by
-name; any other unknown, missing or misshapen key is a ``CheckpointError`` that lists them.
+uses the first ``max_frames``. Parameters the published model creates but never uses (``UNUSED_KEYS``) are dropped
+by name; any other unknown, missing or misshapen key is a ``CheckpointError`` that lists them. Why the shifted
+blocks' keys matter: docs/architecture.md, "Reload reverts the shifted blocks".
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ PREFIX_MAP = {
     "transformerClip.": "temporal.transformer.",
     "clip.": "clip.",
 }
-# Created by the published model, never used in its forward pass (paper-notes Q13).
+# Created by the published model, never used in its forward pass (docs/architecture.md, "Kept on purpose").
 UNUSED_KEYS = ("word_logit_weight", "frame_mat_weight", "frame_mat_weight2", "word_mat_weight_for_pixel")
 SHIFT_WRAPPER = ".attn.net."
 VISUAL_BLOCKS = "clip.visual.transformer.resblocks."

@@ -1,4 +1,4 @@
-"""The three similarity levels of UCoFiA (paper-notes §3.3), scored in memory-bounded blocks.
+"""The three similarity levels of UCoFiA, scored in memory-bounded blocks.
 
     video_sentence  S_vs = lambda (s A1) . (v A2),        v = normalize(masked mean of normalize(f~))
     frame_sentence  S_fs = lambda ISA_Wf(s . f_j)
@@ -6,8 +6,8 @@
                     c_m = ISA_Ww(G[:, m]) over words,  d_i = ISA_Wp(G[i, :]) over patches
 
 s, f, w are L2-normalised; the selected tokens p are not and the patch-word level has no lambda (both kept from the
-released checkpoint, paper-notes Q4). With ``mask_padding`` padded words and frames (and the tokens of padded frames)
-are masked out of every ISA softmax; without it they enter them, as in the published code.
+released checkpoint: docs/architecture.md, "Kept on purpose"). With ``mask_padding`` padded words and frames (and the
+tokens of padded frames) are masked out of every ISA softmax; without it they enter them, as in the published code.
 
 All text-independent work (normalisation, A2 and B2 projections, the masked mean) is done once per video by
 ``prepare_video`` and all video-independent work once per text by ``prepare_text``; the block loop then only runs the
@@ -62,6 +62,14 @@ class VideoSide:
                          cut(self.frame_bias), cut(self.token_bias))
 
 
+def mean_pooled(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Unit video vector [Nv, D]: the L2-normalised mean of the normalised real frames [Nv, F, D] (CLIP4Clip's meanP,
+    also the zero-shot baseline's video embedding); ``frame_mask`` [Nv, F] marks the real frames."""
+    weight = frame_mask.to(frames.dtype).unsqueeze(-1)                             # [Nv, F, 1]
+    pooled = (F.normalize(frames, dim=-1) * weight).sum(1) / weight.sum(1).clamp(min=1)  # [Nv, D]
+    return F.normalize(pooled, dim=-1)
+
+
 def _eye(n: int) -> nn.Parameter:
     return nn.Parameter(torch.eye(n))
 
@@ -104,9 +112,7 @@ class LevelHead(nn.Module):
     def prepare_video(self, frames: torch.Tensor, frames_temporal: torch.Tensor, frame_mask: torch.Tensor,
                       tokens: torch.Tensor) -> VideoSide:
         """Raw frames, frames_temporal [Nv, F, D], frame_mask [Nv, F], tokens [Nv, F(1+K), D] -> ``VideoSide``."""
-        weight = frame_mask.to(frames_temporal.dtype).unsqueeze(-1)               # [Nv, F, 1]
-        pooled = (F.normalize(frames_temporal, dim=-1) * weight).sum(1) / weight.sum(1).clamp(min=1)  # [Nv, D]
-        video = F.normalize(pooled, dim=-1) @ self.video_proj                      # [Nv, D]
+        video = mean_pooled(frames_temporal, frame_mask) @ self.video_proj          # [Nv, D]
         frame_bias = token_bias = None
         if self.mask_padding:
             frame_bias = mask_bias(frame_mask, frames.dtype)                       # [Nv, F]

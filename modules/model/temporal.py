@@ -1,4 +1,4 @@
-"""The temporal module of the video level (paper-notes §3.1, ``--sim_header``).
+"""The temporal module of the video level (``--sim_header``).
 
 ``seqTransf``: f~ = Transformer(f + P) + f over the frames of a video, padded frames masked out of attention. The
 transformer has CLIP's block layout and is initialised from the first ``layers`` blocks of CLIP's text transformer,

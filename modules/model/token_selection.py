@@ -1,4 +1,4 @@
-"""Patch selection (paper-notes §3.4): a scorer rates every patch of a frame, a perturbed top-K picks K of them.
+"""Patch selection: a scorer rates every patch of a frame, a perturbed top-K picks K of them.
 
 Each frame contributes its class token plus K soft-selected patches, ``[B, F, 1+K, D]``.
 

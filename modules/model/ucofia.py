@@ -1,4 +1,4 @@
-"""UCoFiA: CLIP encoders -> text and video features -> three similarity levels (paper-notes §3).
+"""UCoFiA: CLIP encoders -> text and video features -> three similarity levels.
 
     text  --CLIP text tower-->  sentence (end token) [Nt, D], words [Nt, L, D], word_mask [Nt, L]
     video --CLIP ViT, token shift in the last blocks-->  tokens [B, F, 1+P, D]
@@ -8,9 +8,10 @@
     explain(caption, video) -> the selected patches and ISA weights behind one pair's scores (for pictures)
 
 Encoding and scoring are separate so that features can be gathered across ranks, cached and scored in blocks.
-Faithful to the released checkpoint, without the published code's bugs (design.md): padded words and frames are
-masked unless ``mask_padding`` is off, eval-time patch selection is deterministic, and the shift is parameter-free so
-checkpoints round-trip exactly.
+The formulas: docs/architecture.md, "The method as the code computes it". Faithful to the released checkpoint,
+without the published code's bugs (same file, "Faithful to the published model, without its bugs"): padded words
+and frames are masked unless ``mask_padding`` is off, eval-time patch selection is deterministic, and the shift is
+parameter-free so checkpoints round-trip exactly.
 """
 from __future__ import annotations
 
@@ -125,6 +126,8 @@ class UCoFiA(nn.Module):
         clip: the backbone; token shift is installed in its ViT blocks ``config.shift_layers``.
         config: ``ModelConfig``.
     """
+
+    level_names = LEVELS  # the keys of ``similarity_levels``; evaluation scores whatever levels a model names
 
     def __init__(self, clip: CLIP, config: ModelConfig):
         super().__init__()

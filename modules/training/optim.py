@@ -19,7 +19,7 @@ from torch import nn
 
 from modules.common.cli import option, setting
 
-NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # published names; CLIP's ln_* are decayed (Q16)
+NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # published names; CLIP's ln_* are decayed too
 # Always trained when freezing the bottom of CLIP: the output heads (published freeze rule).
 FREEZE_EXEMPT_PREFIXES = ("ln_final.", "text_projection", "logit_scale", "visual.ln_post.", "visual.proj")
 

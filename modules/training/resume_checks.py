@@ -48,6 +48,7 @@ HARMLESS = {
     "grad_checkpointing": "activations are recomputed, the gradients are the same",
     "loose_type": "accepted for the published scripts; changes nothing",
     "linear_patch": "accepted for the published scripts; changes nothing",
+    "command": "how the run was started (recorded for the reader); its settings are compared one by one",
 }
 
 # Copies of another setting, compared under that setting's name.
@@ -102,25 +103,37 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _shown(key: str, value: Any) -> Any:
+    if key == "data_version" and isinstance(value, dict):  # the training split's fingerprint (RetrievalSplit)
+        return f"[{value.get('videos')} videos, {value.get('captions')} captions, {str(value.get('sha256'))[:12]}]"
+    return value
+
+
 def setting_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """(label, saved value, current value) of every setting that differs and is not in ``HARMLESS``. A setting the
-    checkpoint does not record (saved by an older version) is not compared."""
+    checkpoint does not record (saved by an older version) is not compared.
+
+    Args:
+        saved, current: configurations as recorded (``TrainConfig.to_dict()``, plus ``data_version``, the training
+            split's fingerprint, and ``command``).
+    """
     old, new, labels = _flatten(_normalised(saved)), _flatten(_normalised(current)), _labels()
+    labels["data_version"] = "training data"
     changes = []
     for key in sorted(new):
         if key in old and key not in HARMLESS and key not in MIRRORED and old[key] != new[key]:
-            changes.append((labels.get(key, key), old[key], new[key]))
+            changes.append((labels.get(key, key), _shown(key, old[key]), _shown(key, new[key])))
     return changes
 
 
-def check_settings(cfg: TrainConfig, obj: dict, path: str) -> list[tuple[str, Any, Any]]:
-    """Refuse a resumed run whose settings differ from the checkpoint's, unless ``--resume_allow_changes`` (then log
-    each). Returns the changes."""
+def check_settings(cfg: TrainConfig, current: dict, obj: dict, path: str) -> list[tuple[str, Any, Any]]:
+    """Refuse a resumed run whose recorded configuration ``current`` differs from the checkpoint's, unless
+    ``--resume_allow_changes`` (then log each). Returns the changes."""
     saved = obj.get("config")
     if not isinstance(saved, dict):
         logger.warning("%s records no configuration: the resumed settings cannot be compared with it", path)
         return []
-    changes = setting_changes(saved, cfg.to_dict())
+    changes = setting_changes(saved, current)
     if not changes:
         return changes
     listed = ", ".join(f"{label} {old} -> {new}" for label, old, new in changes)

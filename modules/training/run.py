@@ -9,7 +9,9 @@
         end_epoch(run, ...)         history, best, TensorBoard, checkpoints/last.pth and best.pth, history.json
 
 Every checkpoint holds the model, optimiser, position in the run, resolved configuration and RNG states, so
-``--resume_model`` continues exactly. Where a dataset has no validation split the test split is used and labelled so.
+``--resume_model`` continues exactly. The configuration recorded (``config.json`` and checkpoints) also holds the
+command line and the training split's fingerprint, so an exported model says how it was made and on what data.
+Where a dataset has no validation split the test split is used and labelled so.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     loader: torch.utils.data.DataLoader
     state: TrainState
+    record: dict          # the resolved configuration with the command line and the training data's fingerprint
     writer: Any = None
     saved_at: Optional[tuple[int, int]] = None  # (epoch, epoch_step) that checkpoints/last.pth holds
     rng: Optional[dict] = None  # RNG states when the current position was reached, while validation draws from them
@@ -93,8 +96,9 @@ def check_batch_layout(cfg: TrainConfig, world_size: int) -> None:
                           f"{accumulation} accumulation steps")
 
 
-def build(cfg: TrainConfig, rt: Runtime) -> Run:
-    """Read the data, build the model, optimiser and loader; refuse to overwrite another run. Writes nothing."""
+def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
+    """Read the data, build the model, optimiser and loader; refuse to overwrite another run. Writes nothing.
+    ``command`` is the command line, recorded with the configuration."""
     check_batch_layout(cfg, rt.world_size)
     check_output_dir(cfg)
     train_split = build_split(cfg.data, "train")
@@ -119,7 +123,9 @@ def build(cfg: TrainConfig, rt: Runtime) -> Run:
     loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
                                          collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda",
                                          worker_init_fn=ignore_in_worker)
-    return Run(cfg, rt, train_split, val_split, val_label, sampler, model, ddp, optimizer, loader, TrainState())
+    record = dict(cfg.to_dict(), command=command, data_version=train_split.fingerprint())
+    return Run(cfg, rt, train_split, val_split, val_label, sampler, model, ddp, optimizer, loader, TrainState(),
+               record)
 
 
 def resume(run: Run) -> None:
@@ -127,7 +133,7 @@ def resume(run: Run) -> None:
     that differ from the checkpoint's are refused unless --resume_allow_changes (``resume_checks``)."""
     path = run.cfg.resume_model
     obj = read_checkpoint(path)
-    check_settings(run.cfg, obj, path)
+    check_settings(run.cfg, run.record, obj, path)
     run.state = TrainState.resume(obj, path, run.model, run.optimizer)
     saved_batch = (obj.get("config") or {}).get("batch_size", run.cfg.batch_size)
     recut_epoch(run.state, saved_batch, run.cfg.batch_size, run.sampler.steps_per_epoch)
@@ -144,8 +150,8 @@ def start(run: Run) -> None:
             trim_steps_log(run.steps_log, run.state.global_step)
         elif os.path.exists(run.steps_log):
             os.remove(run.steps_log)
-        write_json(cfg.to_dict(), os.path.join(cfg.output_dir, "config.json"))
-        logger.info("resolved configuration: %s", json.dumps(cfg.to_dict(), default=str), extra={"file_only": True})
+        write_json(run.record, os.path.join(cfg.output_dir, "config.json"))
+        logger.info("resolved configuration: %s", json.dumps(run.record, default=str), extra={"file_only": True})
         logger.info("resolved configuration written to %s", os.path.join(cfg.output_dir, "config.json"))
         run.writer = _tensorboard(cfg.output_dir)
     logger.info("training on %d pairs, %d steps/epoch x %d epochs, global batch %d on %d process(es)",
@@ -246,15 +252,15 @@ def end_epoch(run: Run, mean_loss: float, metrics: dict) -> None:
 def checkpoint(run: Run, name: str) -> None:
     """Write ``checkpoints/<name>`` atomically (main process)."""
     if run.rt.is_main:
-        atomic_save(run.state.checkpoint(run.model, run.optimizer, run.cfg.to_dict(), run.rng),
+        atomic_save(run.state.checkpoint(run.model, run.optimizer, run.record, run.rng),
                     os.path.join(run.ckpt_dir, name))
     if name == "last.pth":
         run.saved_at = (run.state.epoch, run.state.epoch_step)
 
 
-def run_training(cfg: TrainConfig, rt: Runtime, validator: Validator) -> dict:
+def run_training(cfg: TrainConfig, rt: Runtime, validator: Validator, command: str = "") -> dict:
     """Train and validate every epoch; returns the history, the best entry and the steps done."""
-    run = build(cfg, rt)
+    run = build(cfg, rt, command)
     if cfg.resume_model:
         resume(run)
     start(run)
