@@ -6,10 +6,11 @@
 
 ``index`` encodes every video under DIR (recursively) once and caches the features in FILE (default
 DIR/ucofia_index.pt); a later run, and ``search``, which brings the index up to date first, encode only the files that
-are new or changed (path, size, modification time) and everything again only for another checkpoint or other settings.
-Undecodable files (and FIFOs or devices named like videos, which are never opened) are skipped with a warning and
-counted. ``rank`` orders the captions of a text file (one per line, UTF-8) for one video. A query or caption is cut to
-``max_words`` tokens, as in training; tokenizing stops there, so a very long one costs no more than a short one.
+are new or changed (path, size, modification and status-change times) and everything again only for another
+checkpoint file, other settings or another version of the code or its libraries. Undecodable files (and FIFOs or devices
+named like videos, which are never opened) are skipped with a warning and counted. ``rank`` orders the captions of a
+text file (one per line, UTF-8) for one video. A query or caption is cut to ``max_words`` tokens, as in training;
+tokenizing stops there, so a very long one costs no more than a short one.
 
 Scores are the model's logits per level (video_sentence, frame_sentence, patch_word) and their mean, ``overall``:
 the raw score of eval_t2v / eval_v2t. SK-norm, the paper's protocol, needs a bank of training captions or videos, so

@@ -12,7 +12,8 @@ import sys
 
 from modules.common.errors import ConfigError
 from modules.common.io import prepare_output_dir
-from modules.common.runtime import run_entry, setup, setup_logging, world_size_from_env
+from modules.common.lock import output_lock
+from modules.common.runtime import rank_from_env, run_entry, setup, setup_logging, world_size_from_env
 from modules.data import build_split
 from modules.evaluation.encoding import validate_split
 from modules.model.build import build_model_from_checkpoint
@@ -28,18 +29,21 @@ def main(argv=None) -> int:
         if cfg.do_train:
             check_batch_layout(cfg, world_size_from_env())
         prepare_output_dir(cfg.output_dir)
-        rt = setup(cfg.device, cfg.seed, cfg.deterministic)
-        setup_logging(rt.rank, os.path.join(cfg.output_dir, "log.txt"))
-        if cfg.do_train:
-            command = "python -m train.main " + shlex.join(sys.argv[1:] if argv is None else argv)
-            run_training(cfg, rt, validate_split, command)
+        with output_lock(cfg.output_dir, "train.main", enabled=rank_from_env() == 0) as lock:
+            rt = setup(cfg.device, cfg.seed, cfg.deterministic)
+            setup_logging(rt.rank, os.path.join(cfg.output_dir, "log.txt"))
+            if lock.note:
+                logger.warning("%s", lock.note)
+            if cfg.do_train:
+                command = "python -m train.main " + shlex.join(sys.argv[1:] if argv is None else argv)
+                run_training(cfg, rt, validate_split, command)
+                return 0
+            if not cfg.init_model:
+                raise ConfigError("--do_eval without --do_train needs --init_model")
+            model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
+            metrics = validate_split(model, build_split(cfg.data, "val"), rt, cfg)
+            logger.info("validation of %s: %s", cfg.init_model, json.dumps(metrics))
             return 0
-        if not cfg.init_model:
-            raise ConfigError("--do_eval without --do_train needs --init_model")
-        model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
-        metrics = validate_split(model, build_split(cfg.data, "val"), rt, cfg)
-        logger.info("validation of %s: %s", cfg.init_model, json.dumps(metrics))
-        return 0
 
     return run_entry(run)
 

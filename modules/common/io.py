@@ -21,6 +21,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 
 from modules.common.errors import CheckpointError, ConfigError
+from modules.common.interrupts import deferred
 from modules.common.torchscript import is_torchscript_archive
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,14 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
 
     A crash or a full disk leaves the previous file untouched and no partial file behind (a process killed mid-write
     leaves a hidden temporary, which ``remove_stale_temporaries`` deletes at the next start). A failed write is a
-    ``WriteError`` whose one-line message names the file.
+    ``WriteError`` whose one-line message names the file. A first SIGINT or SIGTERM waits for the write to finish
+    (``modules.common.interrupts``); a second one abandons it, leaving the previous file.
     """
+    with deferred():
+        _write_and_rename(path, write)
+
+
+def _write_and_rename(path: str, write: Callable[[Any], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp, recorder = None, None
     try:

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from modules.common.errors import ConfigError, UCoFiAError
+from modules.common.interrupts import Interrupted, stop_signals
 
 logger = logging.getLogger("ucofia")
 COLLECTIVE_TIMEOUT_MIN = 30  # a rank stuck longer than this in a collective ends the job instead of hanging
@@ -49,6 +50,11 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def rank_from_env() -> int:
+    """This process's global rank as torchrun set it (0 without a launcher)."""
+    return _env_int("RANK", 0)
 
 
 def world_size_from_env() -> int:
@@ -147,9 +153,14 @@ def one_line(message: str) -> str:
 
 def run_entry(fn: Callable[[], int]) -> int:
     """Run an entry point: a ``UCoFiAError`` (or a full disk, a quota, a permission) becomes one line on stderr,
-    also recorded in the log file, and exit status 2."""
+    also recorded in the log file, and exit status 2. SIGINT and SIGTERM stop it cleanly
+    (``modules.common.interrupts``): one ``stopped:`` line and exit status 130 or 143."""
     try:
-        code = fn() or 0
+        with stop_signals():
+            code = fn() or 0
+    except Interrupted as e:
+        _report("stopped", one_line(str(e)))
+        return e.exit_code
     except (UCoFiAError, OSError) as e:
         if isinstance(e, UCoFiAError):
             message = one_line(str(e))
@@ -157,15 +168,20 @@ def run_entry(fn: Callable[[], int]) -> int:
             message = f"{e.filename}: {e.strerror}" if e.filename else str(e)
         else:
             raise
-        # No process-group teardown here: peers may sit in a collective; torchrun ends them when this one exits.
-        rank = _env_int("RANK", 0)
-        prefix = f"[rank {rank}] " if _env_int("WORLD_SIZE", 1) > 1 else ""
-        if any(getattr(h, "_ucofia", False) for h in logging.getLogger().handlers):  # else logging prints it again
-            logger.error("stopped: %s%s", prefix, message, extra={"file_only": True})
-        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+        _report("error", message)
         return 2
     teardown()
     return code
+
+
+def _report(kind: str, message: str) -> None:
+    """One line on stderr, also in the log file. No process-group teardown: peers may sit in a collective; torchrun
+    ends them when this one exits."""
+    rank = _env_int("RANK", 0)
+    prefix = f"[rank {rank}] " if _env_int("WORLD_SIZE", 1) > 1 else ""
+    if any(getattr(h, "_ucofia", False) for h in logging.getLogger().handlers):  # else logging prints it again
+        logger.error("stopped: %s%s", prefix, message, extra={"file_only": True})
+    print(f"{kind}: {prefix}{message}", file=sys.stderr, flush=True)
 
 
 def autocast_context(precision: str, device: torch.device):

@@ -18,7 +18,8 @@ import numpy as np
 
 from modules.common.errors import ConfigError
 from modules.common.io import atomic_write, prepare_output_dir, write_json
-from modules.common.runtime import Runtime, run_entry, setup, setup_logging
+from modules.common.lock import output_lock
+from modules.common.runtime import Runtime, rank_from_env, run_entry, setup, setup_logging
 from modules.data import build_split
 from modules.evaluation.config import EvalConfig, parse_args
 from modules.evaluation.encoding import (
@@ -164,9 +165,12 @@ def eval_main(argv, direction: str) -> int:
     def run() -> int:
         cfg = parse_args(argv, direction)
         prepare_output_dir(cfg.output_dir)
-        rt = setup(cfg.device, cfg.seed, cfg.deterministic)
-        setup_logging(rt.rank, os.path.join(cfg.output_dir, f"log_eval_{direction}.txt"))
-        run_evaluation(cfg, rt, direction)
-        return 0
+        with output_lock(cfg.output_dir, f"eval_{direction}.main", enabled=rank_from_env() == 0) as lock:
+            rt = setup(cfg.device, cfg.seed, cfg.deterministic)
+            setup_logging(rt.rank, os.path.join(cfg.output_dir, f"log_eval_{direction}.txt"))
+            if lock.note:
+                logger.warning("%s", lock.note)
+            run_evaluation(cfg, rt, direction)
+            return 0
 
     return run_entry(run)

@@ -63,15 +63,17 @@ class TrainState:
         self.epoch_step = 0
         self.loss_sum, self.loss_steps, self.skipped_steps = 0.0, 0, 0
 
-    def checkpoint(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], config: dict) -> dict:
-        """Everything needed to resume exactly: model, optimiser, this state, configuration and RNG states."""
+    def checkpoint(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], config: dict,
+                   rng: Optional[dict] = None) -> dict:
+        """Everything needed to resume exactly: model, optimiser, this state, configuration and RNG states (``rng``:
+        states captured earlier, when the position was reached; default: now)."""
         return {
             "format": FORMAT,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             **{k: v for k, v in asdict(self).items() if k in self.SAVED},
             "config": config,
-            "rng": capture_rng(),
+            "rng": rng if rng is not None else capture_rng(),
         }
 
     @classmethod
@@ -86,7 +88,12 @@ class TrainState:
         state = model_state_from(obj, model, path)
         check_compatible(model.state_dict(), state, path, "this model's architecture")
         model.load_state_dict(state, strict=True)
+        # The optimiser's moments and step counts come from the checkpoint, its settings (learning rates, schedule
+        # length) from this run: the same unless --resume_allow_changes let them differ.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(obj["optimizer"])
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
         restore_rng(obj["rng"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: obj[k] for k in cls.SAVED if k in known})

@@ -26,6 +26,8 @@ MODE = "train"
 class TrainOptions:
     do_train: bool = option(False, "train (the default of train/main.py unless --do_eval is given alone)")
     resume_model: Optional[str] = option(None, "a training checkpoint (checkpoints/last.pth) to continue exactly")
+    resume_allow_changes: bool = option(False, "resume with settings that differ from the checkpoint's (each is "
+                                        "logged) instead of refusing them")
     epochs: int = option(5, "training epochs")
     batch_size: int = option(128, "global batch over all processes and accumulation steps (published: 128)")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step (same result, less memory)")

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -27,6 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from modules.common.errors import ConfigError
+from modules.common.interrupts import Interrupted, deferred, ignore_in_worker, requested, signal_name, stop
 from modules.common.io import (
     WriteError,
     atomic_save,
@@ -41,10 +43,11 @@ from modules.data.base import RetrievalSplit
 from modules.data.samplers import GlobalBatchSampler
 from modules.model.build import build_model, load_model_weights
 from modules.model.ucofia import UCoFiA
-from modules.training.checkpoint import TrainState
+from modules.training.checkpoint import TrainState, capture_rng
 from modules.training.config import TrainConfig
 from modules.training.engine import train_one_epoch
 from modules.training.optim import build_optimizer, freeze_clip_layers
+from modules.training.resume_checks import check_output_dir, check_settings, recut_epoch
 
 logger = logging.getLogger("ucofia")
 
@@ -68,6 +71,8 @@ class Run:
     state: TrainState
     record: dict          # the resolved configuration with the command line and the training data's fingerprint
     writer: Any = None
+    saved_at: Optional[tuple[int, int]] = None  # (epoch, epoch_step) that checkpoints/last.pth holds
+    rng: Optional[dict] = None  # RNG states when the current position was reached, while validation draws from them
 
     @property
     def ckpt_dir(self) -> str:
@@ -95,11 +100,7 @@ def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
     """Read the data, build the model, optimiser and loader; refuse to overwrite another run. Writes nothing.
     ``command`` is the command line, recorded with the configuration."""
     check_batch_layout(cfg, rt.world_size)
-    ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
-    if not cfg.resume_model and os.path.exists(os.path.join(ckpt_dir, "last.pth")):
-        raise ConfigError(f"--output_dir {cfg.output_dir} already holds a training run (checkpoints/last.pth); "
-                          f"continue it with --resume_model {os.path.join(ckpt_dir, 'last.pth')} or choose another "
-                          f"--output_dir")
+    check_output_dir(cfg)
     train_split = build_split(cfg.data, "train")
     val_split = build_split(cfg.data, "val")
     val_label = "test (the dataset has no validation split)" if getattr(val_split, "is_test_fallback", False) \
@@ -120,16 +121,22 @@ def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
     loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
-                                         collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda")
+                                         collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda",
+                                         worker_init_fn=ignore_in_worker)
     record = dict(cfg.to_dict(), command=command, data_version=train_split.fingerprint())
     return Run(cfg, rt, train_split, val_split, val_label, sampler, model, ddp, optimizer, loader, TrainState(),
                record)
 
 
 def resume(run: Run) -> None:
-    """Continue ``--resume_model`` exactly: model, optimiser, position in the run, history and RNG states."""
+    """Continue ``--resume_model`` exactly: model, optimiser, position in the run, history and RNG states; settings
+    that differ from the checkpoint's are refused unless --resume_allow_changes (``resume_checks``)."""
     path = run.cfg.resume_model
-    run.state = TrainState.resume(read_checkpoint(path), path, run.model, run.optimizer)
+    obj = read_checkpoint(path)
+    check_settings(run.cfg, run.record, obj, path)
+    run.state = TrainState.resume(obj, path, run.model, run.optimizer)
+    saved_batch = (obj.get("config") or {}).get("batch_size", run.cfg.batch_size)
+    recut_epoch(run.state, saved_batch, run.cfg.batch_size, run.sampler.steps_per_epoch)
     logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch + 1, run.state.epoch_step)
 
 
@@ -180,6 +187,30 @@ def after_step(run: Run) -> None:
     every = run.cfg.checkpoint_every
     if every and s.global_step % every == 0 and s.epoch_step < run.sampler.steps_per_epoch:
         checkpoint(run, "last.pth")
+    if stop_requested(run.rt):
+        if run.saved_at != (s.epoch, s.epoch_step):
+            checkpoint(run, "last.pth")
+        if run.rt.distributed:
+            torch.distributed.barrier()  # every rank stops after the main one has written the checkpoint
+        stop(interrupted_at(run, ""))
+
+
+def stop_requested(rt: Runtime) -> bool:
+    """Whether SIGINT or SIGTERM reached this process, or under several processes any of them (all stop after the
+    same step)."""
+    if not rt.distributed:
+        return requested() is not None
+    flag = torch.tensor([1 if requested() is not None else 0], device=rt.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def interrupted_at(run: Run, phase: str) -> str:
+    s = run.state
+    name = signal_name(requested() or signal.SIGTERM)
+    return (f"interrupted by {name} at epoch {s.epoch + 1}, step {s.epoch_step} of {run.sampler.steps_per_epoch} "
+            f"(global step {s.global_step}){phase}; checkpoints/last.pth holds that position: continue with "
+            f"--resume_model {os.path.join(run.ckpt_dir, 'last.pth')}")
 
 
 def validate(run: Run, validator: Validator) -> dict:
@@ -221,7 +252,10 @@ def end_epoch(run: Run, mean_loss: float, metrics: dict) -> None:
 def checkpoint(run: Run, name: str) -> None:
     """Write ``checkpoints/<name>`` atomically (main process)."""
     if run.rt.is_main:
-        atomic_save(run.state.checkpoint(run.model, run.optimizer, run.record), os.path.join(run.ckpt_dir, name))
+        atomic_save(run.state.checkpoint(run.model, run.optimizer, run.record, run.rng),
+                    os.path.join(run.ckpt_dir, name))
+    if name == "last.pth":
+        run.saved_at = (run.state.epoch, run.state.epoch_step)
 
 
 def run_training(cfg: TrainConfig, rt: Runtime, validator: Validator, command: str = "") -> dict:
@@ -232,15 +266,28 @@ def run_training(cfg: TrainConfig, rt: Runtime, validator: Validator, command: s
     start(run)
     started = time.time()
     state = run.state
-    while state.epoch < cfg.epochs:
-        mean_loss = train_epoch(run)
-        if state.epoch_step < run.sampler.steps_per_epoch:  # stopped by --max_steps inside the epoch
-            checkpoint(run, "last.pth")
-            logger.info("stopped after %d steps (--max_steps)", state.global_step)
-            break
-        end_epoch(run, mean_loss, validate(run, validator))
-        if cfg.max_steps and state.global_step >= cfg.max_steps:
-            break
+    try:
+        while state.epoch < cfg.epochs:
+            with deferred():  # a stop signal ends the epoch after the step in progress (``after_step``)
+                mean_loss = train_epoch(run)
+            if state.epoch_step < run.sampler.steps_per_epoch:  # stopped by --max_steps inside the epoch
+                checkpoint(run, "last.pth")
+                logger.info("stopped after %d steps (--max_steps)", state.global_step)
+                break
+            run.rng = capture_rng()
+            metrics = validate(run, validator)  # a stop signal abandons validation; the position is saved below
+            run.rng = None
+            with deferred():  # history, last.pth, best.pth and history.json are written together
+                end_epoch(run, mean_loss, metrics)
+            if cfg.max_steps and state.global_step >= cfg.max_steps:
+                break
+    except Interrupted as e:
+        if e.at_once:
+            raise
+        during = " during validation" if run.rng is not None else ""
+        if run.saved_at != (state.epoch, state.epoch_step):
+            checkpoint(run, "last.pth")  # with the RNG states of when the position was reached
+        raise Interrupted(e.signum, interrupted_at(run, during)) from None
     if run.writer is not None:
         run.writer.close()
     if state.history and rt.is_main:
