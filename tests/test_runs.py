@@ -36,7 +36,7 @@ from modules.common.lock import LOCK_NAME, acquire
 from modules.common.runtime import Runtime
 from modules.evaluation import encoding as eval_encoding
 from modules.evaluation.feature_cache import FeatureCache
-from modules.evaluation.protocol import skipped_videos
+from modules.evaluation.protocol import split_counts
 from modules.training.checkpoint import TrainState
 from modules.training.resume_checks import recut_epoch
 from scripts.retrieve import main as retrieve
@@ -230,14 +230,14 @@ def test_skipped_video_count_adds_up_or_stops(base):
                                    data_path=os.path.join(base, "data.json"),
                                    features_path=os.path.join(base, "videos")), "test")
 
-    def feats(index):
-        return eval_encoding.TestFeatures(None, None, None, None, torch.tensor(index, dtype=torch.long))
+    def skipped_videos(index):
+        return split_counts(split, 0, torch.tensor(index, dtype=torch.long))["skipped_videos"]
 
-    assert skipped_videos(split, feats([0, 1, 2, 3])) == 0
-    assert skipped_videos(split, feats([0, 2])) == 2
+    assert skipped_videos([0, 1, 2, 3]) == 0
+    assert skipped_videos([0, 2]) == 2
     for stale in ([0, 1, 2, 3, 4, 5, 6, 7], [0, 9]):  # features of another, larger split
         with pytest.raises(RuntimeError, match="belong to another split"):
-            skipped_videos(split, feats(stale))
+            skipped_videos(stale)
 
 
 def test_file_stamp_sees_a_file_replaced_with_its_size_and_time(tmp_path):

@@ -15,6 +15,7 @@ import time
 
 import cv2
 import numpy as np
+import torch
 
 from modules.common.errors import ConfigError
 from modules.common.io import atomic_write, prepare_output_dir, write_json
@@ -50,14 +51,18 @@ def format_table(title: str, rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def split_counts(split, num_texts: int, num_videos: int) -> dict:
+def split_counts(split, num_texts: int, video_index: torch.Tensor) -> dict:
     """What was dropped from the annotation's test split, so that the counts add up to what it lists:
-    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos. Features of another
-    split (a bug) stop here instead of giving a negative count."""
-    if num_videos > split.listed_videos or num_texts > split.listed_texts:
-        raise RuntimeError(f"{num_texts} texts and {num_videos} videos encoded for a split listing "
-                           f"{split.listed_texts} and {split.listed_videos}: the features belong to another split")
-    return {"skipped_videos": split.listed_videos - num_videos, "skipped_texts": split.listed_texts - num_texts,
+    num_texts + skipped_texts = annotation.texts, num_videos + skipped_videos = annotation.videos.
+
+    ``video_index`` holds the split positions of the encoded videos; features of another split (a bug, or a stale
+    cache) stop here instead of giving a negative count."""
+    usable, encoded = len(split.video_ids), video_index.numel()
+    in_range = encoded == 0 or (int(video_index.min()) >= 0 and int(video_index.max()) < usable)
+    if encoded > usable or not in_range or num_texts > split.listed_texts:
+        raise RuntimeError(f"{num_texts} texts and {encoded} videos encoded for a split of {split.listed_texts} texts "
+                           f"and {usable} usable videos: the features belong to another split")
+    return {"skipped_videos": split.listed_videos - encoded, "skipped_texts": split.listed_texts - num_texts,
             "annotation": {"texts": split.listed_texts, "videos": split.listed_videos, "left_out": split.left_out}}
 
 
@@ -120,7 +125,7 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
                     "iterations": cfg.sk_iters},
         "notes": {"dsl": "normalised over the test queries: uses test-set statistics, not comparable to raw/SK-norm",
                   "decoder": f"OpenCV {cv2.__version__}"},
-        **split_counts(test_split, int(c2v.numel()), int(feats.video.frames.shape[0])),
+        **split_counts(test_split, int(c2v.numel()), feats.video_index),
         "checkpoint": cfg.init_model,
         "model": f"zero-shot CLIP {cfg.pretrained_clip_name}" if cfg.zero_shot else "UCoFiA",
         "data_version": test_split.fingerprint(),
