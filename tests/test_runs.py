@@ -674,3 +674,23 @@ def test_two_trainings_started_into_one_folder(base, tmp_path):
     steps = [s["step"] for s in read_steps(out)]
     assert steps == list(range(1, len(steps) + 1))  # one run's steps, not two interleaved
     no_leftovers(out)
+
+
+LOOP_ERROR = """
+import sys, torch
+from modules.common.interrupts import closing_batches, ignore_in_worker
+loader = torch.utils.data.DataLoader(list(range(64)), batch_size=2, num_workers=2, worker_init_fn=ignore_in_worker)
+for batch in closing_batches(loader):
+    raise RuntimeError("an error in the loop body")
+"""
+
+
+def test_process_exits_after_an_uncaught_error_with_workers_running(tmp_path):
+    """Workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join) would wait for them forever
+    when an uncaught error leaves the loop suspended; the process must end with the error instead."""
+    script = tmp_path / "loop_error.py"
+    script.write_text(LOOP_ERROR)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "an error in the loop body" in done.stderr

@@ -9,16 +9,23 @@ progress is then abandoned: its target keeps the previous version). The terminal
 same Ctrl-C, so signals within ``DUPLICATE_WINDOW_S`` of the first count as one.
 
 DataLoader workers ignore both signals (``ignore_in_worker``): the main process decides when to stop, and its
-workers end with it; a worker killed by the signal would otherwise fail the main process's next batch.
+workers end with it; a worker killed by the signal would otherwise fail the main process's next batch. Because
+they ignore SIGTERM, they must be shut down through the loader, never left to multiprocessing's exit handler (which
+terminates daemonic children with SIGTERM and then waits for them forever): iterate loaders through
+``closing_batches``, which shuts the workers down when the loop ends and, for a loop an exception left suspended
+(its traceback keeps the iterator alive), at interpreter exit before multiprocessing's own handler runs.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import multiprocessing.util  # noqa: F401  (its exit handler is registered first: see _shut_down_open_loaders)
 import signal
 import threading
 import time
-from typing import Iterator, Optional
+import weakref
+from typing import Iterable, Iterator, Optional
 
 logger = logging.getLogger("ucofia")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -115,3 +122,26 @@ def ignore_in_worker(worker_id: int = 0) -> None:
     """``worker_init_fn`` of DataLoaders: the worker ignores SIGINT and SIGTERM (see the module docstring)."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+_open_loaders: "weakref.WeakSet" = weakref.WeakSet()  # multi-process DataLoader iterators not yet shut down
+
+
+def closing_batches(loader: Iterable) -> Iterator:
+    """Iterate ``loader``, shutting its worker processes down when the loop ends (see the module docstring)."""
+    iterator = iter(loader)
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # a multi-process DataLoader iterator
+    if shutdown is not None:
+        _open_loaders.add(iterator)
+    try:
+        yield from iterator
+    finally:
+        if shutdown is not None:
+            shutdown()
+            _open_loaders.discard(iterator)
+
+
+@atexit.register  # registered after multiprocessing's exit handler (imported above), so it runs before it
+def _shut_down_open_loaders() -> None:
+    for iterator in list(_open_loaders):
+        iterator._shutdown_workers()

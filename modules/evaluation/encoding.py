@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from modules.common.distributed import all_gather_rows
 from modules.common.errors import DataError
-from modules.common.interrupts import ignore_in_worker
+from modules.common.interrupts import closing_batches, ignore_in_worker
 from modules.common.runtime import Runtime, autocast_context, show_progress
 from modules.data import collate_skip_none
 from modules.data.samplers import ShardSampler, epoch_permutation
@@ -50,7 +50,8 @@ def _shard_indices(n: int, rt: Runtime, subset: Optional[torch.Tensor] = None) -
 def _batches(dataset, indices: list[int], opts: EvalOptions, collate=None, desc: str = "", rt=None):
     loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=indices,
                                          num_workers=opts.workers, collate_fn=collate, worker_init_fn=ignore_in_worker)
-    return tqdm(loader, desc=desc, disable=rt is None or not show_progress(rt), leave=False, dynamic_ncols=True)
+    return tqdm(closing_batches(loader), total=len(loader), desc=desc, disable=rt is None or not show_progress(rt),
+                leave=False, dynamic_ncols=True)
 
 
 def _to_float(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from modules.common.errors import UCoFiAError
+from modules.common.interrupts import closing_batches
 from modules.common.runtime import Runtime, autocast_context, show_progress
 from modules.data.samplers import noise_seeds
 from modules.training.checkpoint import TrainState
@@ -64,7 +65,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, state: TrainState, *, r
     bar = tqdm(total=steps_per_epoch, initial=state.epoch_step, disable=not show_progress(rt), dynamic_ncols=True,
                desc=f"epoch {state.epoch + 1}", leave=False)
     step_loss = torch.zeros((), device=rt.device)
-    iterator = iter(loader)
+    iterator = closing_batches(loader)
     micro = 0
     while True:
         t0 = time.perf_counter()
