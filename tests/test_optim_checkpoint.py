@@ -11,7 +11,14 @@ from modules.common.errors import CheckpointError
 from modules.common.io import atomic_save, read_checkpoint
 from modules.data.samplers import GlobalBatchSampler, ShardSampler, noise_seeds
 from modules.model.clip import build_random_clip
-from modules.training.optim import BertAdam, OptimConfig, build_optimizer, freeze_clip_layers, warmup_cosine
+from modules.training.optim import (
+    BertAdam,
+    MultiTensorBertAdam,
+    OptimConfig,
+    build_optimizer,
+    freeze_clip_layers,
+    warmup_cosine,
+)
 
 
 def test_warmup_cosine_is_the_published_curve():
@@ -39,6 +46,51 @@ def test_bert_adam_step_by_hand():
         expected = expected - lr_at[step] * update
         assert torch.allclose(p.detach(), expected, atol=1e-6), step
     assert opt.get_lr() == [pytest.approx(0.1 * warmup_cosine(3 / 4, 0.5))]
+
+
+class _Groups(nn.Module):
+    """Parameters of the four published groups: CLIP / new modules x decayed / not decayed (by name)."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.clip = nn.ModuleDict({"proj": nn.Linear(24, 16), "LayerNorm": nn.LayerNorm(16)}).to(dtype)
+        self.head = nn.Linear(16, 8)
+        self.temporal = nn.Linear(8, 8, bias=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_multi_tensor_bert_adam_equals_the_per_parameter_one(dtype):
+    """Six steps over the four published groups (decay and none, two learning rates) through warmup and the cosine,
+    with gradients above and below the clipping norm, fp16 CLIP weights and moments (the legacy_fp16 recipe) and a
+    parameter without gradient for a step (it falls a step behind): the same weights and state, bit for bit."""
+    torch.manual_seed(0)
+    model, other = _Groups(dtype), _Groups(dtype)
+    other.load_state_dict(model.state_dict())
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = OptimConfig(lr=1e-2, coef_lr=0.5)
+    per_param = build_optimizer(model, cfg, t_total=8)
+    multi = build_optimizer(other, cfg, t_total=8, impl="multi_tensor")
+    assert type(per_param) is BertAdam and type(multi) is MultiTensorBertAdam and len(multi.param_groups) == 4
+    pairs = list(zip(model.named_parameters(), other.parameters()))
+    for step in range(6):
+        gen = torch.Generator().manual_seed(step)
+        for (name, a), b in pairs:
+            if step == 2 and name.startswith("temporal."):
+                a.grad = b.grad = None
+                continue
+            scale = 10.0 if name.startswith("clip.") else 1e-3         # clipped and unclipped gradients
+            grad = (torch.randn(a.shape, generator=gen) * scale).to(a.dtype)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        per_param.step()
+        multi.step()
+    assert per_param.get_lr() == multi.get_lr()
+    for (name, a), b in pairs:
+        assert not torch.equal(a, initial[name]), name
+        assert torch.equal(a, b), name
+        sa, sb = per_param.state[a], multi.state[b]
+        assert sa["step"] == sb["step"] and torch.equal(sa["next_m"], sb["next_m"]), name
+        assert torch.equal(sa["next_v"], sb["next_v"]) and sa["next_v"].dtype == a.dtype, name
+    assert per_param.state[model.temporal.weight]["step"] == 5
 
 
 class _Wrapper(nn.Module):

@@ -34,6 +34,11 @@ class TrainOptions:
     freeze_layer_num: int = option(0, "published: freeze CLIP blocks below this number and the embeddings; -1 none")
     grad_checkpointing: bool = option(False, "recompute CLIP activations in the backward pass: less memory, ~30% "
                                       "slower")
+    compile: bool = option(False, "torch.compile the model's training forward (faster steps on a GPU after a minute "
+                           "of compiling; fused kernels change results within floating-point rounding)")
+    optimizer_impl: str = option("per_param", "BertAdam computed per parameter, or multi_tensor: the same arithmetic "
+                                 "over all parameters at once (torch._foreach_*), same results, fewer kernel launches",
+                                 choices=("per_param", "multi_tensor"))
     n_display: int = option(100, "log the loss every n optimiser steps")
     skip_nonfinite_loss: bool = option(False, "skip a step whose loss is NaN or inf (counted) instead of stopping")
     checkpoint_every: int = option(0, "also write checkpoints/last.pth every n optimiser steps (0: at epoch ends)")

@@ -46,6 +46,8 @@ HARMLESS = {
     "device": "where the run computes: the same run up to floating-point rounding",
     "deterministic": "kernel choice: the same run up to floating-point rounding (bit-exact resume needs it on)",
     "grad_checkpointing": "activations are recomputed, the gradients are the same",
+    "compile": "kernel choice: the same run up to floating-point rounding",
+    "optimizer_impl": "the same BertAdam arithmetic and state, computed per parameter or over all at once",
     "loose_type": "accepted for the published scripts; changes nothing",
     "linear_patch": "accepted for the published scripts; changes nothing",
     "command": "how the run was started (recorded for the reader); its settings are compared one by one",

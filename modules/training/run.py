@@ -117,7 +117,9 @@ def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
     if cfg.init_model:
         load_model_weights(model, cfg.init_model)
         logger.info("initialised from %s", cfg.init_model)
-    optimizer = build_optimizer(model, cfg.optim, sampler.steps_per_epoch * cfg.epochs)
+    optimizer = build_optimizer(model, cfg.optim, sampler.steps_per_epoch * cfg.epochs, cfg.optimizer_impl)
+    if cfg.compile:
+        model.compile()  # in place: the state dict keeps its keys; evaluation's encoders stay eager
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
     loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
