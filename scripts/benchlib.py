@@ -19,6 +19,45 @@ import torch
 from modules.common.errors import ConfigError
 from modules.common.runtime import run_entry
 
+# Dense peak TFLOPS per GPU model, from the vendors' data sheets: 16-bit tensor cores (bf16 and fp16, what bf16
+# autocast and the legacy fp16 weights run on) and plain fp32 (PyTorch's default fp32 matmuls use no TF32). Matched
+# in order against the CUDA device name; an unlisted GPU gets no utilisation figure rather than a guessed one.
+PEAK_TFLOPS = (
+    ("H200", {"bf16": 989.0, "legacy_fp16": 989.0, "fp32": 67.0}),
+    ("H100 PCIe", {"bf16": 756.0, "legacy_fp16": 756.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "legacy_fp16": 835.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.0, "legacy_fp16": 989.0, "fp32": 67.0}),       # SXM (H100 80GB HBM3)
+    ("A100", {"bf16": 312.0, "legacy_fp16": 312.0, "fp32": 19.5}),
+)
+
+
+def peak_tflops(device_name: str, precision: str) -> Optional[float]:
+    """The GPU's dense peak for ``precision`` (``PEAK_TFLOPS``), or None for the CPU and unlisted GPUs."""
+    for key, peaks in PEAK_TFLOPS:
+        if key in device_name:
+            return peaks.get(precision)
+    return None
+
+
+def device_name(device: torch.device) -> str:
+    """The CUDA device's name, or ``cpu, N threads``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: the CUDA allocator's peak, or the process's peak resident memory on the CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else peak_rss_mb()
+
+
+def write_json(path: Optional[str], obj: object) -> None:
+    """``--json PATH``: the benchmark's figures for another program (nothing without a path)."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
+
 
 def rss_mb() -> float:
     """Resident memory of this process now, in MiB."""
@@ -61,7 +100,6 @@ def save_role(out: str, role: str, stats: dict, tensors: object = None) -> None:
         torch.save(tensors, os.path.join(out, f"{role}.pt"))
     with open(os.path.join(out, f"{role}.json"), "w") as f:
         json.dump(stats, f)
-
 
 
 def run_benchmark(args: argparse.Namespace, body: Callable[[argparse.Namespace], Any], counts: Sequence[str] = (),

@@ -17,7 +17,7 @@ from modules.common.options import RunOptions, validate_run
 from modules.data.config import DataConfig
 from modules.data.registry import dataset_entry
 from modules.model.ucofia import ModelConfig
-from modules.training.optim import OptimConfig
+from modules.training.optim import OPTIMIZERS, OptimConfig
 
 MODE = "train"
 
@@ -38,7 +38,7 @@ class TrainOptions:
                            "of compiling; fused kernels change results within floating-point rounding)")
     optimizer_impl: str = option("per_param", "BertAdam computed per parameter, or multi_tensor: the same arithmetic "
                                  "over all parameters at once (torch._foreach_*), same results, fewer kernel launches",
-                                 choices=("per_param", "multi_tensor"))
+                                 choices=tuple(OPTIMIZERS))
     n_display: int = option(100, "log the loss every n optimiser steps")
     skip_nonfinite_loss: bool = option(False, "skip a step whose loss is NaN or inf (counted) instead of stopping")
     checkpoint_every: int = option(0, "also write checkpoints/last.pth every n optimiser steps (0: at epoch ends)")
