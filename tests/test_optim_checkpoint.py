@@ -93,6 +93,22 @@ def test_multi_tensor_bert_adam_equals_the_per_parameter_one(dtype):
     assert per_param.state[model.temporal.weight]["step"] == 5
 
 
+@pytest.mark.slow
+def test_training_with_the_multi_tensor_optimizer_ends_with_the_same_weights(synthetic_set, tmp_path):
+    """Two optimiser steps of a training run with each implementation: the same checkpoint, bit for bit."""
+    from helpers import tiny_flags
+
+    from train.main import main as train_main
+
+    weights = []
+    for impl in ("per_param", "multi_tensor"):
+        out = str(tmp_path / impl)
+        assert train_main(tiny_flags(synthetic_set, out) + ["--max_steps", "2", "--optimizer_impl", impl]) == 0
+        weights.append(read_checkpoint(os.path.join(out, "checkpoints", "last.pth"))["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 class _Wrapper(nn.Module):
     def __init__(self):
         super().__init__()
