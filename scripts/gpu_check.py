@@ -42,7 +42,7 @@ BUDGETS = {"environment": (30, 60), "cuda_tests": (100, 90), "train_step": (170,
 STEPS = tuple(BUDGETS)
 SIZES = {
     "full": dict(arch="ViT-B/32", clip="random:ViT-B/32", frames=12, words=32, clips=32, steps=5, batch_limit=1024,
-                 bank=180000, videos=1000, texts=1000, chunk=2000, n_train=256, n_test=64, batch=32, batch_val=64,
+                 bank=180000, videos=1000, texts=1000, chunk=2000, n_train=192, n_test=48, batch=32, batch_val=64,
                  workers=8),
     "tiny": dict(arch="tiny", clip="random:tiny", frames=2, words=8, clips=2, steps=1, batch_limit=3,
                  bank=200, videos=20, texts=20, chunk=100, n_train=16, n_test=6, batch=8, batch_val=8, workers=1),
