@@ -154,9 +154,11 @@ def output_lock(folder: str, entry: str, enabled: bool = True) -> Iterator[Outpu
 @contextlib.contextmanager
 def run_folder(folder: str, entry: str, is_main: bool = True) -> Iterator[OutputLock]:
     """Create ``folder`` (proving it writable) and hold its lock for the block. When the block fails or is
-    interrupted, the main process removes the folder if this run created it and it holds nothing but logs."""
+    interrupted, the main process removes the folder if this run created it and it holds nothing but logs. Only the
+    main process writes there, and only it creates the folder: so it knows whether the folder is this run's."""
     created = is_main and not os.path.lexists(folder)
-    prepare_output_dir(folder)
+    if is_main:
+        prepare_output_dir(folder)
     try:
         with output_lock(folder, entry, enabled=is_main) as lock:
             yield lock

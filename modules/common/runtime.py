@@ -119,6 +119,8 @@ def setup_logging(rank: int, log_file: Optional[str] = None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
     handlers[0].addFilter(lambda record: not getattr(record, "file_only", False))  # long records: log file only
+    if _env_int("WORLD_SIZE", 1) > 1:  # once a rank has reported an error, its line ends what the terminal shows
+        handlers[0].addFilter(lambda record: not _peer_failed())
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._ucofia = True
