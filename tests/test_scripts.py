@@ -55,7 +55,7 @@ def test_contradicting_model_flag_through_the_eval_script(data, checkpoint, tmp_
                      {"CKPT": checkpoint, "DATA_PATH": data, "OUTPUT_DIR": str(out), "NGPU": str(nproc)})
     errors = ends_with_one_error(run, f"--max_words 32 does not match the checkpoint {checkpoint}",
                                  "trained with --max_words 16")
-    assert len(errors) == nproc  # each rank found it itself
+    assert 1 <= len(errors) <= nproc  # each rank finds it itself, unless torchrun ended it first (then it is silent)
     assert not out.exists()  # the folder the run made held only its log: removed
 
 
