@@ -63,7 +63,19 @@ def msrvtt_layout(synthetic: str, dst: str, n_train: int = 0, n_test: int = 0) -
     return dst
 
 
+# What the shell scripts read from the environment: a test sets what it needs and inherits none of them.
+SCRIPT_KNOBS = ("CKPT", "DATA_PATH", "OUTPUT_DIR", "ANNOTATIONS", "VIDEOS", "SK_BANK_SIZE", "DIRECTION", "NGPU",
+                "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "DRY_RUN")
+
+
+def script_env(**env: str) -> dict:
+    """This environment without the scripts' knobs, plus ``env``; the tests' Python, one thread, and a port of this
+    test process for torchrun (several test sessions may share the machine)."""
+    base = {k: v for k, v in os.environ.items() if k not in SCRIPT_KNOBS and not k.startswith("DEMO_")}
+    return dict(base, PYTHON=sys.executable, OMP_NUM_THREADS="1", MASTER_PORT=str(29500 + os.getpid() % 1000), **env)
+
+
 def run_script(script: str, args: list[str], env: dict, cwd: str = ROOT, timeout: float = 300):
-    """``sh script args`` with ``env`` added to this environment, its Python the one running the tests."""
-    full = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", **env)
-    return subprocess.run(["sh", script] + args, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+    """``sh script args`` under ``script_env(**env)``."""
+    return subprocess.run(["sh", script] + args, cwd=cwd, env=script_env(**env), capture_output=True, text=True,
+                          timeout=timeout)

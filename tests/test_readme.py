@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, TINY, msrvtt_layout
+from helpers import ROOT, TINY, msrvtt_layout, script_env
 
 from eval_t2v.main import main as eval_t2v
 from eval_v2t.main import main as eval_v2t
@@ -65,9 +65,7 @@ def test_readme_train_evaluate_summarise(synthetic_set, tmp_path):
     script = "set -e\n" + for_the_test(readme_block("training"), data, TRAIN_FLAGS) \
         + for_the_test(readme_block("evaluation"), data, EVAL_FLAGS)
     # `python` in the README is the interpreter running the tests; NGPU=1 spares the scripts a GPU probe
-    env = dict(os.environ, PYTHON=sys.executable, NGPU="1", OMP_NUM_THREADS="1",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    env.pop("PYTHONPATH", None)
+    env = script_env(NGPU="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     run = subprocess.run(["sh", "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     checkpoint = os.path.join(repo, "train", "runs", "msrvtt", "checkpoints", "best.pth")
