@@ -44,7 +44,8 @@ def for_the_test(block: str, data: str, flags: list[str]) -> str:
 def fresh_copy(dst: str) -> str:
     """The repository's files as a clone has them: no runs, caches, weights or build products."""
     shutil.copytree(ROOT, dst, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", "runs", "__pycache__", ".pytest_cache", "*.egg-info", "build", "*.pt", "*.pth", ".ucofia*"))
+        ".git", "runs", "outputs", "data_synth", "__pycache__", ".pytest_cache", ".ruff_cache", ".benchmarks",
+        "*.egg-info", "build", "*.pt", "*.pth", ".ucofia*"))
     return dst
 
 
