@@ -40,7 +40,8 @@ def find_ffmpeg(explicit: str | None = None) -> str:
         import imageio_ffmpeg
         return imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError):
-        raise ConfigError("no ffmpeg on PATH and imageio-ffmpeg is not installed (pip install imageio-ffmpeg)") \
+        raise ConfigError("no ffmpeg on PATH and imageio-ffmpeg (a requirement of this project) is not installed: "
+                          "pip install imageio-ffmpeg, or give --ffmpeg") \
             from None
 
 

@@ -29,6 +29,12 @@ for knob in "DEMO_TRAIN=$TRAIN" "DEMO_TEST=$TEST" "DEMO_EPOCHS=$EPOCHS"; do
     fi
 done
 
+# The CLIP weights are checked before any work (random:<arch> needs none).
+"$PYTHON" -c 'import sys
+from modules.common.runtime import run_entry
+from modules.model.clip import clip_weights_file
+sys.exit(run_entry(lambda: clip_weights_file(sys.argv[1]) and 0))' "$CLIP" || exit 2
+
 # The demo only ever deletes a folder it made itself (marked by .ucofia_demo).
 if [ -e "$OUT" ] && [ ! -e "$OUT/.ucofia_demo" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
     echo "error: $OUT exists and was not made by the demo; set DEMO_DIR to another folder" >&2

@@ -13,12 +13,15 @@ def data_flags(folder: str) -> list[str]:
             "--features_path", os.path.join(folder, "videos")]
 
 
+# A run small enough for the CPU tests: tiny CLIP, 4 frames, 16 words, batch 8.
+TINY = ["--pretrained_clip_name", "random:tiny", "--max_words", "16", "--max_frames", "4", "--batch_size", "8",
+        "--batch_size_val", "16", "--num_thread_reader", "0", "--n_display", "1", "--lr", "1e-3", "--coef_lr", "1",
+        "--device", "cpu"]
+
+
 def tiny_flags(folder: str, output_dir: str) -> list[str]:
-    """A run small enough for the CPU tests: tiny CLIP, 4 frames, 16 words, batch 8."""
-    return data_flags(folder) + ["--output_dir", output_dir, "--pretrained_clip_name", "random:tiny",
-                                 "--max_words", "16", "--max_frames", "4", "--batch_size", "8",
-                                 "--batch_size_val", "16", "--num_thread_reader", "0", "--n_display", "1",
-                                 "--lr", "1e-3", "--coef_lr", "1", "--device", "cpu"]
+    """The synthetic set in ``folder``, ``TINY``, into ``output_dir``."""
+    return data_flags(folder) + ["--output_dir", output_dir] + TINY
 
 
 def run_module(module: str, args: list[str], nproc: int = 1, timeout: float = 300,
@@ -36,3 +39,43 @@ def run_module(module: str, args: list[str], nproc: int = 1, timeout: float = 30
 def read_steps(output_dir: str) -> list[dict]:
     with open(os.path.join(output_dir, "train_steps.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def msrvtt_layout(synthetic: str, dst: str, n_train: int = 0, n_test: int = 0) -> str:
+    """The synthetic set in the folder layout the MSR-VTT scripts expect (``msrvtt_data/MSRVTT_train.9k.csv``,
+    ``MSRVTT_JSFUSION_test.csv``, ``MSRVTT_data.json``, ``videos/all/``), keeping the first ``n_train`` training
+    videos and ``n_test`` test rows (0: all). Returns ``dst``, the ``DATA_PATH``."""
+    annotations = os.path.join(dst, "msrvtt_data")
+    os.makedirs(annotations)
+    os.makedirs(os.path.join(dst, "videos"))
+    for name, target, keep in (("train.csv", "MSRVTT_train.9k.csv", n_train),
+                               ("test.csv", "MSRVTT_JSFUSION_test.csv", n_test)):
+        with open(os.path.join(synthetic, name), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        rows = lines[1:1 + keep] if keep else lines[1:]
+        with open(os.path.join(annotations, target), "w", encoding="utf-8") as f:
+            f.write("\n".join([lines[0]] + rows) + "\n")
+    with open(os.path.join(synthetic, "data.json"), encoding="utf-8") as f:
+        data = f.read()
+    with open(os.path.join(annotations, "MSRVTT_data.json"), "w", encoding="utf-8") as f:
+        f.write(data)
+    os.symlink(os.path.join(synthetic, "videos"), os.path.join(dst, "videos", "all"))
+    return dst
+
+
+# What the shell scripts read from the environment: a test sets what it needs and inherits none of them.
+SCRIPT_KNOBS = ("CKPT", "DATA_PATH", "OUTPUT_DIR", "ANNOTATIONS", "VIDEOS", "SK_BANK_SIZE", "DIRECTION", "NGPU",
+                "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "DRY_RUN")
+
+
+def script_env(**env: str) -> dict:
+    """This environment without the scripts' knobs, plus ``env``; the tests' Python, one thread, and a port of this
+    test process for torchrun (several test sessions may share the machine)."""
+    base = {k: v for k, v in os.environ.items() if k not in SCRIPT_KNOBS and not k.startswith("DEMO_")}
+    return dict(base, PYTHON=sys.executable, OMP_NUM_THREADS="1", MASTER_PORT=str(29500 + os.getpid() % 1000), **env)
+
+
+def run_script(script: str, args: list[str], env: dict, cwd: str = ROOT, timeout: float = 300):
+    """``sh script args`` under ``script_env(**env)``."""
+    return subprocess.run(["sh", script] + args, cwd=cwd, env=script_env(**env), capture_output=True, text=True,
+                          timeout=timeout)

@@ -38,3 +38,16 @@ def test_compress_folder(tmp_path, capsys):
     assert compress(args) == 0
     assert "2 videos, 2 already done, 0 to encode" in capsys.readouterr().out
     assert os.stat(dst / "wide.mp4").st_mtime_ns == stamp
+
+
+def test_without_a_system_ffmpeg_the_required_package_ships_one(tmp_path, capsys, monkeypatch):
+    """The README's data path after `pip install -e .` alone: no ffmpeg on PATH, imageio-ffmpeg's binary is used."""
+    src, dst = tmp_path / "raw", tmp_path / "out"
+    os.makedirs(src)
+    write_mp4v(str(src / "clip.mp4"), 20, 10, width=160, height=90)
+    empty = tmp_path / "bin"
+    os.makedirs(empty)
+    monkeypatch.setenv("PATH", str(empty))  # nothing named ffmpeg anywhere on PATH
+    assert compress(["--input_root", str(src), "--output_root", str(dst), "--workers", "1"]) == 0
+    assert "imageio_ffmpeg" in capsys.readouterr().out  # "... to encode with <imageio-ffmpeg's binary>"
+    assert _props(str(dst / "clip.mp4"))[1:3] == (398, 224)

@@ -114,8 +114,11 @@ def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     words = out.stdout.split()
-    assert words[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    assert words[1:4] == ["-m", "modules.common.launcher", "--nproc_per_node=2"]  # torchrun's flags
     at = words.index("-m", 3)  # the entry point's -m, after the launcher's
+    single = subprocess.run(["sh", os.path.join("scripts", name)], cwd=os.path.dirname(folder),
+                            env=dict(env, NGPU="1"), capture_output=True, text=True)
+    assert single.stdout.split()[1:] == words[at:]  # one process: the entry point itself, same flags
     module = words[at + 1]
     entry = module.split(".")[0]
     parser = train_parser() if entry == "train" else eval_parser(entry[-3:])

@@ -11,8 +11,7 @@ import shlex
 import sys
 
 from modules.common.errors import ConfigError
-from modules.common.io import prepare_output_dir
-from modules.common.lock import output_lock
+from modules.common.lock import run_folder
 from modules.common.runtime import rank_from_env, run_entry, setup, setup_logging, world_size_from_env
 from modules.data import build_split
 from modules.evaluation.encoding import validate_split
@@ -28,8 +27,7 @@ def main(argv=None) -> int:
         cfg = parse_args(argv)
         if cfg.do_train:
             check_batch_layout(cfg, world_size_from_env())
-        prepare_output_dir(cfg.output_dir)
-        with output_lock(cfg.output_dir, "train.main", enabled=rank_from_env() == 0) as lock:
+        with run_folder(cfg.output_dir, "train.main", is_main=rank_from_env() == 0) as lock:
             rt = setup(cfg.device, cfg.seed, cfg.deterministic)
             setup_logging(rt.rank, os.path.join(cfg.output_dir, "log.txt"))
             if lock.note:

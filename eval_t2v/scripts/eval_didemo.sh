@@ -1,10 +1,13 @@
 #!/bin/sh
 # Evaluate text-to-video retrieval on DiDeMo test (paragraph-to-video): raw, SK-norm (the paper's
 # protocol) and DSL side by side, overall and per level; writes $OUTPUT_DIR/results_t2v.json.
-# CKPT is the checkpoint to evaluate: edit it here or set it in the environment. Ours (checkpoints/best.pth of a
-# training run) or the published code's. The SK-norm bank is the whole training split; SK_BANK_SIZE=N subsamples it.
-#   DATA_PATH=/data/DiDeMo OUTPUT_DIR=runs/didemo_eval sh scripts/eval_didemo.sh  # in eval_t2v/ or the root
+# CKPT is the checkpoint to evaluate: edit it here or set it in the environment; ours or the published code's. The
+# default is train/runs/didemo/checkpoints/best.pth of this checkout, where `cd train && OUTPUT_DIR=runs/didemo sh
+# scripts/train_didemo.sh` writes it. Words, frames and model settings come from the checkpoint. The SK-norm bank is
+# the whole training split; SK_BANK_SIZE=N subsamples it.
+#   DATA_PATH=/data/DiDeMo OUTPUT_DIR=runs/didemo_eval sh scripts/eval_didemo.sh
+#   (inside eval_t2v/; from the repository root: sh eval_t2v/scripts/eval_didemo.sh)
 # DATA_PATH holds train_data.json, val_data.json, test_data.json and videos/; ANNOTATIONS and VIDEOS override them.
-CKPT=${CKPT:-"runs/didemo/checkpoints/best.pth"}
+CKPT=${CKPT:-"$(cd "$(dirname "$0")/../.." && pwd)/train/runs/didemo/checkpoints/best.pth"}
 DIRECTION=t2v
 . "$(cd "$(dirname "$0")/../.." && pwd)/scripts/eval/eval_didemo.sh"

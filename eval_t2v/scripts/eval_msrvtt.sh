@@ -1,11 +1,14 @@
 #!/bin/sh
 # Evaluate text-to-video retrieval on MSR-VTT 1k-A: raw, SK-norm (the paper's
 # protocol) and DSL side by side, overall and per level; writes $OUTPUT_DIR/results_t2v.json.
-# CKPT is the checkpoint to evaluate: edit it here or set it in the environment. Ours (checkpoints/best.pth of a
-# training run) or the published code's. The SK-norm bank is the whole training split; SK_BANK_SIZE=N subsamples it.
-#   DATA_PATH=/data/MSRVTT OUTPUT_DIR=runs/msrvtt_eval sh scripts/eval_msrvtt.sh  # in eval_t2v/ or the root
+# CKPT is the checkpoint to evaluate: edit it here or set it in the environment; ours or the published code's. The
+# default is train/runs/msrvtt/checkpoints/best.pth of this checkout, where `cd train && OUTPUT_DIR=runs/msrvtt sh
+# scripts/train_msrvtt.sh` writes it. Words, frames and model settings come from the checkpoint. The SK-norm bank is
+# the whole training split; SK_BANK_SIZE=N subsamples it.
+#   DATA_PATH=/data/MSRVTT OUTPUT_DIR=runs/msrvtt_eval sh scripts/eval_msrvtt.sh
+#   (inside eval_t2v/; from the repository root: sh eval_t2v/scripts/eval_msrvtt.sh)
 # DATA_PATH holds msrvtt_data/ (MSRVTT_train.9k.csv for the SK bank, MSRVTT_JSFUSION_test.csv, MSRVTT_data.json)
 # and videos/all/; ANNOTATIONS and VIDEOS override them.
-CKPT=${CKPT:-"runs/msrvtt/checkpoints/best.pth"}
+CKPT=${CKPT:-"$(cd "$(dirname "$0")/../.." && pwd)/train/runs/msrvtt/checkpoints/best.pth"}
 DIRECTION=t2v
 . "$(cd "$(dirname "$0")/../.." && pwd)/scripts/eval/eval_msrvtt.sh"

@@ -109,8 +109,16 @@ def zero_or_one(text: str) -> bool:
     return text == "1"
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Abbreviated flags are refused (``--epoch`` is not ``--epochs``), and a bad command line is one ``error:``
+    line and exit status 2, like every other error the user fixes (argparse would print its whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    return OneLineErrors(prog=prog, description=description, allow_abbrev=False)
 
 
 @dataclass

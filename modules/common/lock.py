@@ -12,6 +12,9 @@ Other hosts: on a shared filesystem whose locks reach every host (NFSv4, NFSv3 w
 another host cannot be checked from here: it is refused, and the message says to delete the file once that run is
 known to be gone. A filesystem without locks at all gets a warning and no protection. Only the main process of a
 run (rank 0) locks.
+
+A run that fails or is stopped before writing anything but its log removes the folder again when it created it
+(``run_folder``), so failed attempts leave no folders holding a lone ``log.txt``; a folder that existed is kept.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from modules.common.errors import ConfigError
+from modules.common.io import prepare_output_dir
 
 LOCK_NAME = ".ucofia.lock"
+RUN_LOGS = ("log.txt", "log_eval_t2v.txt", "log_eval_v2t.txt")  # what the entry points write before anything else
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -144,3 +149,29 @@ def output_lock(folder: str, entry: str, enabled: bool = True) -> Iterator[Outpu
         yield lock
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def run_folder(folder: str, entry: str, is_main: bool = True) -> Iterator[OutputLock]:
+    """Create ``folder`` (proving it writable) and hold its lock for the block. When the block fails or is
+    interrupted, the main process removes the folder if this run created it and it holds nothing but logs. Only the
+    main process writes there, and only it creates the folder: so it knows whether the folder is this run's."""
+    created = is_main and not os.path.lexists(folder)
+    if is_main:
+        prepare_output_dir(folder)
+    try:
+        with output_lock(folder, entry, enabled=is_main) as lock:
+            yield lock
+    except BaseException:
+        if created:
+            _remove_if_only_logs(folder)
+        raise
+
+
+def _remove_if_only_logs(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        names = os.listdir(folder)
+        if all(name in RUN_LOGS or name == LOCK_NAME for name in names):
+            for name in names:
+                os.remove(os.path.join(folder, name))
+            os.rmdir(folder)  # fails, keeping the folder, if anything appeared meanwhile

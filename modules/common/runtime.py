@@ -119,11 +119,30 @@ def setup_logging(rank: int, log_file: Optional[str] = None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
     handlers[0].addFilter(lambda record: not getattr(record, "file_only", False))  # long records: log file only
+    if _env_int("WORLD_SIZE", 1) > 1:  # once a rank has reported an error, its line ends what the terminal shows
+        handlers[0].addFilter(lambda record: not _peer_failed())
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._ucofia = True
         root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+_workers_said: set[tuple[int, int]] = set()
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers for ``--num_thread_reader requested``: at most the CPUs this process may run on, shared by
+    the processes of this node (``LOCAL_WORLD_SIZE``), so that a recipe written for a large machine does not
+    oversubscribe a small one. Says so once in the log when it lowers the number."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, _env_int("LOCAL_WORLD_SIZE", 1))
+    workers = min(requested, max(1, cpus // local))
+    if workers < requested and (requested, workers) not in _workers_said:
+        _workers_said.add((requested, workers))
+        logger.info("--num_thread_reader %d: %d DataLoader worker(s) per process, as %d CPU(s) are available to "
+                    "this process and %d process(es) of this node share them", requested, workers, cpus, local)
+    return workers
 
 
 def show_progress(rt: Runtime) -> bool:
@@ -154,11 +173,17 @@ def one_line(message: str) -> str:
 def run_entry(fn: Callable[[], int]) -> int:
     """Run an entry point: a ``UCoFiAError`` (or a full disk, a quota, a permission) becomes one line on stderr,
     also recorded in the log file, and exit status 2. SIGINT and SIGTERM stop it cleanly
-    (``modules.common.interrupts``): one ``stopped:`` line and exit status 130 or 143."""
+    (``modules.common.interrupts``): one ``stopped:`` line and exit status 130 or 143.
+
+    Under several processes, a rank that reports an error marks the job failed first; a rank that then fails only
+    because of it (a collective whose peer left, or the SIGTERM torchrun sends after a failure) stays silent on
+    stderr, so the failed rank's line is the end of the report."""
     try:
         with stop_signals():
             code = fn() or 0
     except Interrupted as e:
+        if _peer_failed():
+            return _quiet(e, 2)
         _report("stopped", one_line(str(e)))
         return e.exit_code
     except (UCoFiAError, OSError) as e:
@@ -166,11 +191,50 @@ def run_entry(fn: Callable[[], int]) -> int:
             message = one_line(str(e))
         elif e.errno in USER_OS_ERRORS:
             message = f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        elif _peer_failed():
+            return _quiet(e, 2)
         else:
             raise
+        _mark_failed()
         _report("error", message)
         return 2
+    except Exception as e:
+        if _peer_failed():
+            return _quiet(e, 2)
+        raise
     teardown()
+    return code
+
+
+FAILED_KEY = "ucofia/failed_rank"  # set in the job's rendezvous store by the first rank that reports an error
+
+
+def _store():
+    """The process group's key-value store (torchrun's), or None for a single process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    return dist.distributed_c10d._get_default_store()
+
+
+def _mark_failed() -> None:
+    with contextlib.suppress(Exception):
+        store = _store()
+        if store is not None:
+            store.set(FAILED_KEY, str(_env_int("RANK", 0)))
+
+
+def _peer_failed() -> bool:
+    """Whether another rank of this job has reported an error (False when that cannot be known)."""
+    with contextlib.suppress(Exception):
+        store = _store()
+        return store is not None and store.check([FAILED_KEY])
+    return False
+
+
+def _quiet(e: BaseException, code: int) -> int:
+    """End a rank that fails because another one did: a line in its log file only."""
+    logger.error("stopped: [rank %d] after another rank's error (%s)", _env_int("RANK", 0),
+                 one_line(str(e))[:300] or type(e).__name__, extra={"file_only": True})
     return code
 
 

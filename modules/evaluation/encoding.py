@@ -21,7 +21,7 @@ from tqdm import tqdm
 from modules.common.distributed import all_gather_rows
 from modules.common.errors import DataError
 from modules.common.interrupts import closing_batches, ignore_in_worker
-from modules.common.runtime import Runtime, autocast_context, show_progress
+from modules.common.runtime import Runtime, autocast_context, loader_workers, show_progress
 from modules.data import collate_skip_none
 from modules.data.samplers import ShardSampler, epoch_permutation
 from modules.evaluation.metrics import t2v_metrics, v2t_metrics
@@ -233,7 +233,7 @@ def validate_split(model, split, rt: Runtime, cfg) -> dict[str, dict[str, float]
         model: UCoFiA in eval mode.
         cfg: run options (``batch_size_val`` global, ``num_thread_reader``, ``precision``).
     """
-    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
-                       precision=cfg.precision)
+    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size),
+                       workers=loader_workers(cfg.num_thread_reader), precision=cfg.precision)
     feats = encode_test_set(model, split, rt, opts)
     return evaluate_directions(score_test(model, feats, rt), feats.caption_to_video)

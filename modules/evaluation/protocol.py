@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from modules.common.errors import ConfigError
-from modules.common.io import atomic_write, prepare_output_dir, write_json
-from modules.common.lock import output_lock
-from modules.common.runtime import Runtime, rank_from_env, run_entry, setup, setup_logging
+from modules.common.io import atomic_write, write_json
+from modules.common.lock import run_folder
+from modules.common.runtime import Runtime, loader_workers, rank_from_env, run_entry, setup, setup_logging
 from modules.data import build_split
 from modules.evaluation.config import EvalConfig, parse_args
 from modules.evaluation.encoding import (
@@ -90,8 +90,9 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
     else:
         settings_from_checkpoint(cfg)
         model, _ = build_model_from_checkpoint(cfg.init_model, cfg.model, cfg.precision, rt.device)
-    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size), workers=cfg.num_thread_reader,
-                       precision=cfg.precision, sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
+    opts = EvalOptions(batch_size=max(1, cfg.batch_size_val // rt.world_size),
+                       workers=loader_workers(cfg.num_thread_reader), precision=cfg.precision,
+                       sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
     test_split = build_split(cfg.data, "test")
     train_split = build_split(cfg.data, "train")
     cache = FeatureCache(cfg.feature_cache, test_key(cfg, rt, test_split) if cfg.feature_cache else "", rt)
@@ -169,8 +170,7 @@ def eval_main(argv, direction: str) -> int:
     """Entry point body of ``eval_t2v`` / ``eval_v2t``; the two differ in ``direction`` only."""
     def run() -> int:
         cfg = parse_args(argv, direction)
-        prepare_output_dir(cfg.output_dir)
-        with output_lock(cfg.output_dir, f"eval_{direction}.main", enabled=rank_from_env() == 0) as lock:
+        with run_folder(cfg.output_dir, f"eval_{direction}.main", is_main=rank_from_env() == 0) as lock:
             rt = setup(cfg.device, cfg.seed, cfg.deterministic)
             setup_logging(rt.rank, os.path.join(cfg.output_dir, f"log_eval_{direction}.txt"))
             if lock.note:

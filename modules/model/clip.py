@@ -301,28 +301,44 @@ def _read_state_dict(path: str) -> dict:
 def load_clip(path: str) -> CLIP:
     """Load OpenAI's TorchScript archive (e.g. ``ViT-B-32.pt``, read as data: its code never runs) or a plain
     state-dict file, strictly."""
+    return build_clip(_read_state_dict(_existing(path)), source=path)
+
+
+def _existing(path: str) -> str:
     if not os.path.isfile(path):
         name = os.path.basename(path)
         hint = next((f"; download it with: wget -P {os.path.dirname(path) or '.'} {url}"
                      for arch, url in OPENAI_URLS.items() if url.endswith("/" + name)), "")
         raise CheckpointError(f"CLIP weights not found: {path}{hint}")
-    return build_clip(_read_state_dict(path), source=path)
+    return path
 
 
 def build_random_clip(arch: str) -> CLIP:
     """A randomly initialised CLIP of an OpenAI architecture (``ViT-B/32``, ...) or ``tiny``."""
+    return CLIP(_architecture(arch))
+
+
+def _architecture(arch: str):
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown CLIP architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    return CLIP(ARCHITECTURES[arch])
+    return ARCHITECTURES[arch]
+
+
+def clip_weights_file(name: str, weights_dir: str = DEFAULT_WEIGHTS_DIR) -> Optional[str]:
+    """The file ``--pretrained_clip_name name`` reads (None for ``random:<arch>``), checked without reading it, so
+    that a missing download or an unknown name stops a run before any work."""
+    if name.startswith("random:"):
+        _architecture(name[len("random:"):])
+        return None
+    if name in OPENAI_URLS:
+        return _existing(os.path.join(weights_dir, name.replace("/", "-") + ".pt"))
+    if os.path.sep in name or name.endswith((".pt", ".pth", ".bin")):
+        return _existing(name)
+    raise CheckpointError(f"--pretrained_clip_name {name!r}: expected one of {', '.join(OPENAI_URLS)}, "
+                          f"a path to a weights file, or random:<{'|'.join(ARCHITECTURES)}>")
 
 
 def resolve_clip(name: str, weights_dir: str = DEFAULT_WEIGHTS_DIR) -> CLIP:
     """``--pretrained_clip_name``: an OpenAI name (weights read from ``weights_dir``), a file, or ``random:<arch>``."""
-    if name.startswith("random:"):
-        return build_random_clip(name[len("random:"):])
-    if name in OPENAI_URLS:
-        return load_clip(os.path.join(weights_dir, name.replace("/", "-") + ".pt"))
-    if os.path.sep in name or name.endswith((".pt", ".pth", ".bin")):
-        return load_clip(name)
-    raise CheckpointError(f"--pretrained_clip_name {name!r}: expected one of {', '.join(OPENAI_URLS)}, "
-                          f"a path to a weights file, or random:<{'|'.join(ARCHITECTURES)}>")
+    path = clip_weights_file(name, weights_dir)
+    return build_random_clip(name[len("random:"):]) if path is None else load_clip(path)

@@ -37,7 +37,7 @@ from modules.common.io import (
     remove_stale_temporaries,
     write_json,
 )
-from modules.common.runtime import Runtime
+from modules.common.runtime import Runtime, loader_workers
 from modules.data import build_split, collate_skip_none
 from modules.data.base import RetrievalSplit
 from modules.data.samplers import GlobalBatchSampler
@@ -122,7 +122,8 @@ def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
         model.compile()  # in place: the state dict keeps its keys; evaluation's encoders stay eager
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
-    loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=cfg.num_thread_reader,
+    loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler,
+                                         num_workers=loader_workers(cfg.num_thread_reader),
                                          collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda",
                                          worker_init_fn=ignore_in_worker)
     record = dict(cfg.to_dict(), command=command, data_version=train_split.fingerprint())

@@ -13,7 +13,7 @@ require OUTPUT_DIR "where checkpoints and logs go"
 ANNOTATIONS=${ANNOTATIONS:-$DATA_PATH/msrvtt_data}
 VIDEOS=${VIDEOS:-$DATA_PATH/videos/all}
 
-run $LAUNCH -m train.main --do_train --num_thread_reader 8 \
+launch -m train.main --do_train --num_thread_reader 8 \
     --lr 1e-4 --coef_lr 1e-3 --batch_size 128 --batch_size_val 32 --epochs 15 --n_display 100 \
     --datatype msrvtt --expand_msrvtt_sentences \
     --train_csv "$ANNOTATIONS/MSRVTT_train.9k.csv" \

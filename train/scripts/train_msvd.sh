@@ -12,7 +12,7 @@ require OUTPUT_DIR "where checkpoints and logs go"
 ANNOTATIONS=${ANNOTATIONS:-$DATA_PATH}
 VIDEOS=${VIDEOS:-$DATA_PATH/MSVD_Videos}
 
-run $LAUNCH -m train.main --do_train --num_thread_reader 8 \
+launch -m train.main --do_train --num_thread_reader 8 \
     --lr 1e-4 --coef_lr 1e-3 --batch_size 128 --batch_size_val 32 --epochs 15 --n_display 100 \
     --datatype msvd --data_path "$ANNOTATIONS" --features_path "$VIDEOS" --output_dir "$OUTPUT_DIR" \
     --max_words 32 --max_frames 12 --feature_framerate 1 --slice_framepos 2 \
