@@ -1,13 +1,7 @@
-"""Shared test set-up: import the project from the repository root, a small synthetic video set."""
-import os
-import sys
-
+"""Shared test set-up: seeds, a small synthetic video set and one short training run (pyproject.toml puts the
+repository root on the import path)."""
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(autouse=True)
