@@ -1,4 +1,4 @@
-"""Issue 14, classes 3, 4 and 8: cached state never stale, runs that never trample each other, clean interrupts.
+"""Cached state never stale, runs that never trample each other, clean interrupts.
 
 Cached state: an evaluation with ``--feature_cache`` after an edited annotation, a replaced video, another seed or
 another training split gives exactly what an evaluation without the cache gives; so does the retrieval index after
@@ -116,7 +116,7 @@ def no_leftovers(out: str) -> None:
     assert not [n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if n.endswith(".tmp")]
 
 
-# ------------------------------------------------------------------------------- class 3: stale cached state
+# --------------------------------------------------------------------------------------- stale cached state
 
 def _eval(folder: str, checkpoint: str, out: str, *extra: str) -> dict:
     assert eval_t2v(data_flags(folder) + EVAL + ["--init_model", checkpoint, "--output_dir", out, *extra]) == 0
@@ -163,7 +163,7 @@ def _cache_reads(caplog) -> int:
 
 @pytest.mark.parametrize("edit", [_fewer_test_rows, _caption_edited, _video_rewritten])
 def test_feature_cache_follows_the_test_split(edit, base, checkpoint, tmp_path, caplog):
-    """The issue's case: a cached 8-video test set reported for a 5-video csv (num_videos 8, skipped_videos -3)."""
+    """Once wrong: a cached 8-video test set was reported for a 5-video csv (num_videos 8, skipped_videos -3)."""
     folder = copy_set(base, str(tmp_path / "set"))
     cache = str(tmp_path / "cache")
     _eval(folder, checkpoint, str(tmp_path / "first"), "--feature_cache", cache)
@@ -281,7 +281,7 @@ def test_video_index_follows_a_checkpoint_replaced_in_place(base, trained, tmp_p
     assert "(0 from the cache, 2 encoded" in index()
 
 
-# ---------------------------------------------------------------------- class 4: runs that trample each other
+# ------------------------------------------------------------------------------ runs that trample each other
 
 def _lock_record(out: str, **record) -> str:
     os.makedirs(out, exist_ok=True)
@@ -455,7 +455,7 @@ def test_a_new_batch_size_continues_after_the_same_samples():
     assert state.epoch_step == 1  # 24 samples: one whole batch of 16 (8 are seen again)
 
 
-# --------------------------------------------------------------------------------------- class 8: interrupts
+# ---------------------------------------------------------------------------------------------- interrupts
 
 def _signal_at_forward(monkeypatch, calls: dict[int, list[int]]) -> None:
     """The training forward pass of call n (1-based) sends the signals ``calls[n]`` to this process, then goes on."""
