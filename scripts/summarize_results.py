@@ -16,9 +16,9 @@ from typing import Any
 from modules.common.errors import ConfigError, DataError
 from modules.common.runtime import run_entry
 from modules.data.annotations import read_json
+from modules.evaluation.config import DIRECTION_NAMES as NAMES
 
 ROWS = (("raw", "raw"), ("sk_norm", "SK-norm"), ("dsl", "DSL*"))
-NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 
 
