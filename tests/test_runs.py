@@ -13,7 +13,6 @@ to real processes (and their DataLoader workers) and compare with a reference ru
 import csv
 import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -25,8 +24,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, data_flags, read_steps, run_module, tiny_flags
-from test_faults import EVAL, REFERENCE, assert_untouched, copy_set, error_line, fingerprint
+from helpers import REFERENCE, ROOT, data_flags, read_steps, run_module, same_run, tiny_flags
+from test_faults import EVAL, assert_untouched, copy_set, error_line, fingerprint
 
 from eval_t2v.main import main as eval_t2v
 from modules.common import interrupts
@@ -42,43 +41,21 @@ from modules.training.resume_checks import recut_epoch
 from scripts.retrieve import main as retrieve
 from train.main import main as train_main
 
-N_TRAIN, N_TEST = 24, 4  # 3 optimiser steps per epoch at batch 8
+pytestmark = pytest.mark.usefixtures("one_thread", "detach_run_logging")
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _detach_run_logging():
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_ucofia", False)]:
-        root.removeHandler(handler)
-        handler.close()
+@pytest.fixture(scope="module")
+def base(small_set) -> str:
+    return small_set
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> str:
-    from modules.data.synthetic import generate
-
-    folder = str(tmp_path_factory.mktemp("runs_set"))
-    generate(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def trained(base, tmp_path_factory) -> str:
-    """An uninterrupted in-process run: 2 epochs x 3 steps, a checkpoint after every step, deterministic."""
-    out = str(tmp_path_factory.mktemp("trained"))
-    assert train_main(tiny_flags(base, out) + REFERENCE) == 0
-    return out
+def trained(small_run) -> str:
+    """The uninterrupted in-process run (conftest's ``small_run``): 2 epochs x 3 steps, a checkpoint after every
+    step, deterministic."""
+    return small_run
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +72,6 @@ def stopped_line(capsys, code: int, expected: int, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
-
-
-def same_run(a: str, b: str) -> None:
-    """Two run folders end with identical weights, optimiser position, validation history and step log."""
-    ca = read_checkpoint(os.path.join(a, "checkpoints", "last.pth"))
-    cb = read_checkpoint(os.path.join(b, "checkpoints", "last.pth"))
-    assert ca["global_step"] == cb["global_step"] == 6
-    for key, value in ca["model"].items():
-        assert torch.equal(value, cb["model"][key]), key
-    assert [h["metrics"] for h in ca["history"]] == [h["metrics"] for h in cb["history"]]
-    assert [h["train_loss"] for h in ca["history"]] == [h["train_loss"] for h in cb["history"]]
-    assert read_steps(a) == read_steps(b)
 
 
 def no_leftovers(out: str) -> None:
@@ -607,15 +572,6 @@ def test_sigint_during_evaluation_leaves_earlier_results(base, checkpoint, tmp_p
 
 # ------------------------------------------------------------------------------------- real processes (slow)
 
-@pytest.fixture(scope="module")
-def reference(base, tmp_path_factory) -> str:
-    """The uninterrupted run in a subprocess, like the interrupted ones it is compared with."""
-    out = str(tmp_path_factory.mktemp("reference"))
-    r = run_module("train.main", tiny_flags(base, out) + ["--epochs", "2", "--deterministic"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 def _steps_logged(out: str) -> int:
     try:
         with open(os.path.join(out, "train_steps.jsonl")) as f:
@@ -626,8 +582,8 @@ def _steps_logged(out: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, workers", [(signal.SIGTERM, "2"), (signal.SIGINT, "0")])
-def test_real_signal_mid_training_then_resume_gives_the_uninterrupted_weights(signum, workers, base, reference,
-                                                                              tmp_path):
+def test_real_signal_mid_training_then_resume_gives_the_uninterrupted_weights(signum, workers, base,
+                                                                              reference_run, tmp_path):
     """SIGTERM to the whole process group, DataLoader workers included (a cluster's pre-emption), or SIGINT to the
     training process (Ctrl-C); then --resume_model in a new process."""
     out = str(tmp_path / "run")
@@ -652,7 +608,7 @@ def test_real_signal_mid_training_then_resume_gives_the_uninterrupted_weights(si
     r = run_module("train.main", flags + ["--num_thread_reader", "0", "--resume_model",
                                           os.path.join(out, "checkpoints", "last.pth")])
     assert r.returncode == 0, r.stderr[-3000:]
-    same_run(reference, out)
+    same_run(reference_run, out)
 
 
 @pytest.mark.slow
