@@ -641,6 +641,7 @@ for batch in closing_batches(loader):
 """
 
 
+@pytest.mark.slow
 def test_process_exits_after_an_uncaught_error_with_workers_running(tmp_path):
     """Workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join) would wait for them forever
     when an uncaught error leaves the loop suspended; the process must end with the error instead."""
