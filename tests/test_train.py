@@ -14,13 +14,15 @@ from train.main import main as train_main
 
 def test_training_lowers_the_loss_and_writes_checkpoints(synthetic_set, tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "2", "--expand_msrvtt_sentences"]) == 0
+    # 2 frames a video: a quarter less work than 4, the same learning (measured: 2.36 -> 1.27 here, 1.35 at 4)
+    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "2", "--expand_msrvtt_sentences",
+                                                        "--max_frames", "2"]) == 0
     losses = [s["loss"] for s in read_steps(out)]
     train_ids = set(open(os.path.join(synthetic_set, "train.csv")).read().split()[1:])
     pairs = sum(s["video_id"] in train_ids for s in json.load(open(os.path.join(synthetic_set, "data.json")))
                 ["sentences"])
     assert len(losses) == 2 * (pairs // 8)  # every caption of the 32 training videos, batch 8, 2 epochs
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2  # measured: 2.36 -> 1.35
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2
     for name in ("checkpoints/last.pth", "checkpoints/best.pth", "history.json", "config.json", "log.txt"):
         assert os.path.isfile(os.path.join(out, name)), name
     last = read_checkpoint(os.path.join(out, "checkpoints", "last.pth"))
