@@ -20,6 +20,7 @@ from modules.common.errors import DataError  # noqa: E402
 from modules.common.io import atomic_write  # noqa: E402
 from modules.common.runtime import run_entry  # noqa: E402
 from modules.data.annotations import read_json  # noqa: E402
+from modules.evaluation.config import DIRECTION_NAMES  # noqa: E402
 from scripts.plotlib import PALETTE, Series, line_chart, png_bytes, stack  # noqa: E402
 
 WIDTH, HEIGHT = 760, 330
@@ -104,7 +105,7 @@ def render(run_dir: str) -> np.ndarray:
         epochs = [h["epoch"] for h in history]
         split = history[-1].get("split", "val")
         curves = [Series(f"{label} R@1", epochs, [h["metrics"][d]["R1"] for h in history], PALETTE[i], markers=True)
-                  for i, (d, label) in enumerate((("t2v", "text-to-video"), ("v2t", "video-to-text")))]
+                  for i, (d, label) in enumerate(DIRECTION_NAMES.items())]
         best = max(history, key=lambda h: h["metrics"]["t2v"]["R1"])
         title = f"validation R@1 per epoch on {split}; best text-to-video R@1: epoch {best['epoch']}"
         x_range = (min(epochs) - 0.5, max(epochs) + 0.5) if len(epochs) > 1 else (epochs[0] - 1, epochs[0] + 1)

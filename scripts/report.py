@@ -46,11 +46,11 @@ from modules.evaluation.analysis import (  # noqa: E402
     recall_curve,
     top_k,
 )
+from modules.evaluation.config import DIRECTION_NAMES as NAMES  # noqa: E402
 from scripts.plotlib import PALETTE, Series, line_chart, png_bytes  # noqa: E402
 from scripts.summarize_results import check_results  # noqa: E402
 
 logger = logging.getLogger("ucofia")
-NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 TOP, HUB_K = 5, 5
 THUMB_FRAMES, THUMB_SIDE = 4, 64
 CHART_W, CHART_H = 600, 340

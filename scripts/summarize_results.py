@@ -13,14 +13,12 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from modules.common.errors import ConfigError, DataError  # noqa: E402
-from modules.common.runtime import run_entry  # noqa: E402
-from modules.data.annotations import read_json  # noqa: E402
+from modules.common.errors import ConfigError, DataError
+from modules.common.runtime import run_entry
+from modules.data.annotations import read_json
+from modules.evaluation.config import DIRECTION_NAMES as NAMES
 
 ROWS = (("raw", "raw"), ("sk_norm", "SK-norm"), ("dsl", "DSL*"))
-NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 
 

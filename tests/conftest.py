@@ -1,19 +1,41 @@
-"""Shared test set-up: import the project from the repository root, a small synthetic video set."""
-import os
-import sys
+"""Shared test set-up: seeds, two small synthetic video sets and the training runs the tests share, each made once
+per session (pyproject.toml puts the repository root on the import path)."""
+import logging
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+
+def _detach_run_handlers() -> None:
+    """An in-process run attaches its log handlers to the root logger; a later case must not write into them."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_ucofia", False)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process runs share two cores with other work: one thread avoids oversubscription, and the results of
+    in-process runs compared bit for bit depend on the thread count (subprocesses get OMP_NUM_THREADS=1 from
+    ``helpers.run_module``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def detach_run_logging():
+    """Each case's in-process runs write their own log files only."""
+    yield
+    _detach_run_handlers()
 
 
 @pytest.fixture(scope="session")
@@ -35,5 +57,50 @@ def trained_run(synthetic_set, tmp_path_factory) -> str:
     from train.main import main as train_main
 
     out = str(tmp_path_factory.mktemp("trained_run"))
-    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1"]) == 0
+    try:
+        assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1"]) == 0
+    finally:
+        _detach_run_handlers()
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_set(tmp_path_factory) -> str:
+    """24 training videos (3 optimiser steps of batch 8) and 4 test videos: the set of the fault and run tests."""
+    from helpers import N_TEST, N_TRAIN
+
+    from modules.data.synthetic import generate
+
+    folder = str(tmp_path_factory.mktemp("small_set"))
+    generate(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_run(small_set, tmp_path_factory) -> str:
+    """The ``REFERENCE`` run on ``small_set``, in this process with one thread (as the in-process runs compared
+    with it): 2 epochs x 3 steps, checkpoints/last.pth after every step, best.pth after epoch 1 or 2."""
+    from helpers import REFERENCE, tiny_flags
+
+    from train.main import main as train_main
+
+    out = str(tmp_path_factory.mktemp("small_run"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_main(tiny_flags(small_set, out) + REFERENCE) == 0
+    finally:
+        torch.set_num_threads(before)
+        _detach_run_handlers()
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(small_set, tmp_path_factory) -> str:
+    """The ``REFERENCE`` run on ``small_set`` in a subprocess, like the interrupted runs it is compared with."""
+    from helpers import REFERENCE, run_module, tiny_flags
+
+    out = str(tmp_path_factory.mktemp("reference_run"))
+    r = run_module("train.main", tiny_flags(small_set, out) + REFERENCE)
+    assert r.returncode == 0, r.stderr[-3000:]
     return out

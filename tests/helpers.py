@@ -4,7 +4,16 @@ import os
 import subprocess
 import sys
 
+import torch
+
+from modules.common.io import read_checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# conftest's ``small_set``: 24 training videos (3 optimiser steps per epoch at batch 8) and 4 test videos.
+N_TRAIN, N_TEST = 24, 4
+# The short run that the fault, resume and interrupt tests start from and compare with (conftest's ``small_run`` and
+# ``reference_run``): 2 epochs x 3 steps, a checkpoint after every step, deterministic kernels (exact resume).
+REFERENCE = ["--epochs", "2", "--deterministic", "--checkpoint_every", "1"]
 
 
 def data_flags(folder: str) -> list[str]:
@@ -79,3 +88,16 @@ def run_script(script: str, args: list[str], env: dict, cwd: str = ROOT, timeout
     """``sh script args`` under ``script_env(**env)``."""
     return subprocess.run(["sh", script] + args, cwd=cwd, env=script_env(**env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def same_run(a: str, b: str) -> None:
+    """Two run folders of ``REFERENCE`` runs end with identical weights, optimiser position, validation history and
+    step log."""
+    ca = read_checkpoint(os.path.join(a, "checkpoints", "last.pth"))
+    cb = read_checkpoint(os.path.join(b, "checkpoints", "last.pth"))
+    assert ca["global_step"] == cb["global_step"] == 6  # 2 epochs x 3 steps
+    for key, value in ca["model"].items():
+        assert torch.equal(value, cb["model"][key]), key
+    assert [h["metrics"] for h in ca["history"]] == [h["metrics"] for h in cb["history"]]
+    assert [h["train_loss"] for h in ca["history"]] == [h["train_loss"] for h in cb["history"]]
+    assert read_steps(a) == read_steps(b)

@@ -1,4 +1,4 @@
-"""Annotation files that used to give silently wrong splits or tracebacks (issue 14, classes 2 and 5).
+"""Annotation files that used to give silently wrong splits or tracebacks (README, "Bad input and faults").
 
 Byte-order marks and CRLF in every dataset's files, counts that add up to what the annotation lists (or a logged
 reason), two files that could be one video, numbers read from ActivityNet and DiDeMo, a corrupt MSVD pickle, and

@@ -2,9 +2,11 @@
 import os
 import subprocess
 
+import pytest
 from helpers import ROOT
 
 
+@pytest.mark.slow
 def test_demo_runs_and_prints_the_table(tmp_path):
     out = tmp_path / "my demo"  # a space in DEMO_DIR: every path is quoted
     env = dict(os.environ, DEMO_DIR=str(out), DEMO_TRAIN="40", DEMO_TEST="12", DEMO_EPOCHS="1", OMP_NUM_THREADS="2")

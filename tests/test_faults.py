@@ -5,15 +5,15 @@ flag or step (no traceback); ``--skip_bad_videos`` instead logs each dropped vid
 file is left half-written and nothing written before (checkpoints, results) changes: folders are fingerprinted
 before a failing run and compared after it.
 
-Kept fast for two shared cores: one small generated set (24 training videos = 3 steps of batch 8, 4 test videos),
-one training run in a subprocess serving as the trained checkpoint and as the uninterrupted reference, runs that
-only differ in what the case needs, and in-process calls of ``main`` wherever no signal or launcher is involved.
+Kept fast for two shared cores: one small generated set (conftest's ``small_set``: 24 training videos = 3 steps of
+batch 8, 4 test videos), one shared short run as the trained checkpoint (``small_run``), runs that only differ in what
+the case needs, and in-process calls of ``main`` wherever no signal or launcher is involved. The ``slow`` cases run
+real processes: a SIGKILL compared with the uninterrupted ``reference_run`` of a subprocess, two ranks under torchrun.
 """
 import csv
 import errno
 import hashlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import decode_all, ffmpeg_exe, write_h264, write_mp4v
-from helpers import ROOT, data_flags, read_steps, run_module, tiny_flags
+from helpers import N_TEST, N_TRAIN, REFERENCE, ROOT, data_flags, read_steps, run_module, same_run, tiny_flags
 
 from eval_t2v.main import main as eval_t2v
 from eval_v2t.main import main as eval_v2t
@@ -37,35 +37,14 @@ from modules.data.config import DataConfig
 from modules.data.video import load_video, load_video_raw, sample_frame_indices
 from train.main import main as train_main
 
-N_TRAIN, N_TEST = 24, 4          # 3 optimiser steps per epoch at batch 8
 EVAL = ["--pretrained_clip_name", "random:tiny", "--max_words", "16", "--max_frames", "4", "--batch_size_val", "8",
         "--num_thread_reader", "0", "--device", "cpu"]
-# The reference run: 2 epochs x 3 steps, a checkpoint after every step, deterministic kernels (exact resume).
-REFERENCE = ["--epochs", "2", "--deterministic", "--checkpoint_every", "1"]
 LOGS = ("log.txt", "log_eval_t2v.txt", "log_eval_v2t.txt")
+
+pytestmark = pytest.mark.usefixtures("one_thread", "detach_run_logging")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """In-process runs share two cores with other work: one thread avoids oversubscription (subprocesses get
-    OMP_NUM_THREADS=1 from ``run_module``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _detach_run_logging():
-    """An in-process run attaches its log handlers to the root logger; a later case must not write into them."""
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_ucofia", False)]:
-        root.removeHandler(handler)
-        handler.close()
-
 
 def fingerprint(*folders: str) -> dict[str, str]:
     """sha256 of every file under the folders (following the symlinked videos)."""
@@ -148,26 +127,13 @@ def text_of(path: str) -> str:
 # ------------------------------------------------------------------------------------------- shared fixtures
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> str:
-    from modules.data.synthetic import generate
-
-    folder = str(tmp_path_factory.mktemp("faults_set"))
-    generate(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
-    return folder
+def base(small_set) -> str:
+    return small_set
 
 
 @pytest.fixture(scope="module")
-def reference(base, tmp_path_factory) -> str:
-    """An uninterrupted training run (subprocess, like the interrupted ones it is compared with)."""
-    out = str(tmp_path_factory.mktemp("reference"))
-    r = run_module("train.main", tiny_flags(base, out) + REFERENCE)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def checkpoint(reference) -> str:
-    return os.path.join(reference, "checkpoints", "last.pth")
+def checkpoint(small_run) -> str:
+    return os.path.join(small_run, "checkpoints", "last.pth")
 
 
 @pytest.fixture(scope="module")
@@ -742,44 +708,35 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def killed_run(base, tmp_path_factory) -> str:
-    """The reference run's flags, SIGKILLed in the middle of epoch 2 while writing the checkpoint of step 5.
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(base, reference_run, tmp_path):
+    """The kill-and-resume test: the reference run's flags, SIGKILLed (uncatchable: no clean-up code runs) at the
+    worst moment, half of the checkpoint of step 5 written; the previous checkpoint is whole, and --resume_model in a
+    new process ends with the uninterrupted run's weights, history and step log.
 
     Saves: steps 1, 2 (mid-epoch), end of epoch 1 (last, best), step 4, then step 5: killed mid-write.
     """
-    out = str(tmp_path_factory.mktemp("killed"))
+    out = str(tmp_path / "killed")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", KILL_AT_SAVE="6")
     r = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE] + tiny_flags(base, out) + REFERENCE, cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr[-3000:]
-    return out
-
-
-def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(killed_run, base):
-    folder = os.path.join(killed_run, "checkpoints")
+    folder = os.path.join(out, "checkpoints")
     stale = [n for n in os.listdir(folder) if n.endswith(".tmp")]
     assert len(stale) == 1 and stale[0].startswith(".last.pth."), os.listdir(folder)
-    last = read_checkpoint(os.path.join(folder, "last.pth"))  # the step-4 checkpoint, whole
-    assert (last["epoch"], last["epoch_step"], last["global_step"]) == (1, 1, 4)
+    last = os.path.join(folder, "last.pth")
+    obj = read_checkpoint(last)  # the step-4 checkpoint, whole
+    assert (obj["epoch"], obj["epoch_step"], obj["global_step"]) == (1, 1, 4)
     assert read_checkpoint(os.path.join(folder, "best.pth"))["global_step"] == 3
-    assert [s["step"] for s in read_steps(killed_run)] == [1, 2, 3, 4, 5]  # step 5 done, its checkpoint not
+    assert [s["step"] for s in read_steps(out)] == [1, 2, 3, 4, 5]  # step 5 done, its checkpoint not
 
-
-def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(killed_run, reference, base):
-    last = os.path.join(killed_run, "checkpoints", "last.pth")
-    r = run_module("train.main", tiny_flags(base, killed_run) + REFERENCE + ["--resume_model", last])
+    r = run_module("train.main", tiny_flags(base, out) + REFERENCE + ["--resume_model", last])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "left by a checkpoint write that was interrupted" in r.stderr
-    assert not [n for n in os.listdir(os.path.dirname(last)) if n.endswith(".tmp")]  # the stale temporary is gone
-    a = read_checkpoint(os.path.join(reference, "checkpoints", "last.pth"))
-    b = read_checkpoint(last)
-    assert a["global_step"] == b["global_step"] == 6
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [h["metrics"] for h in a["history"]] == [h["metrics"] for h in b["history"]]
-    # every step logged once, with the uninterrupted run's losses (step 5, redone, is not repeated)
-    assert read_steps(killed_run) == read_steps(reference)
+    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]  # the stale temporary is gone
+    # weights, validation history and every step logged once with the uninterrupted run's losses (step 5, redone,
+    # is not repeated)
+    same_run(reference_run, out)
 
 
 class _FullDisk:
@@ -911,6 +868,7 @@ def test_non_finite_loss_skipped_with_the_flag_is_logged_and_counted(base, tmp_p
     assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_one_of_two_gloo_ranks_raising_ends_the_job(base, checkpoint, earlier_results, tmp_path):
     """Evaluation shards the test videos contiguously: the last one, unreadable, is rank 1's alone. Rank 0 waits in
     the gather; torchrun ends it when rank 1 exits. Nothing hangs, nothing is written."""

@@ -96,6 +96,7 @@ def test_report_without_matrices_and_of_no_evaluation(evaluated, tmp_path, capsy
     assert "no results_t2v.json or results_v2t.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed")
 def test_report_loads_in_headless_chromium(page, tmp_path):
     path, _ = page

@@ -1,4 +1,4 @@
-"""Issue 14, classes 3, 4 and 8: cached state never stale, runs that never trample each other, clean interrupts.
+"""Cached state never stale, runs that never trample each other, clean interrupts.
 
 Cached state: an evaluation with ``--feature_cache`` after an edited annotation, a replaced video, another seed or
 another training split gives exactly what an evaluation without the cache gives; so does the retrieval index after
@@ -13,7 +13,6 @@ to real processes (and their DataLoader workers) and compare with a reference ru
 import csv
 import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -25,8 +24,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, data_flags, read_steps, run_module, tiny_flags
-from test_faults import EVAL, REFERENCE, assert_untouched, copy_set, error_line, fingerprint
+from helpers import REFERENCE, ROOT, data_flags, read_steps, run_module, same_run, tiny_flags
+from test_faults import EVAL, assert_untouched, copy_set, error_line, fingerprint
 
 from eval_t2v.main import main as eval_t2v
 from modules.common import interrupts
@@ -42,43 +41,21 @@ from modules.training.resume_checks import recut_epoch
 from scripts.retrieve import main as retrieve
 from train.main import main as train_main
 
-N_TRAIN, N_TEST = 24, 4  # 3 optimiser steps per epoch at batch 8
+pytestmark = pytest.mark.usefixtures("one_thread", "detach_run_logging")
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _detach_run_logging():
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_ucofia", False)]:
-        root.removeHandler(handler)
-        handler.close()
+@pytest.fixture(scope="module")
+def base(small_set) -> str:
+    return small_set
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> str:
-    from modules.data.synthetic import generate
-
-    folder = str(tmp_path_factory.mktemp("runs_set"))
-    generate(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def trained(base, tmp_path_factory) -> str:
-    """An uninterrupted in-process run: 2 epochs x 3 steps, a checkpoint after every step, deterministic."""
-    out = str(tmp_path_factory.mktemp("trained"))
-    assert train_main(tiny_flags(base, out) + REFERENCE) == 0
-    return out
+def trained(small_run) -> str:
+    """The uninterrupted in-process run (conftest's ``small_run``): 2 epochs x 3 steps, a checkpoint after every
+    step, deterministic."""
+    return small_run
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +74,6 @@ def stopped_line(capsys, code: int, expected: int, *needles: str) -> str:
     return lines[0]
 
 
-def same_run(a: str, b: str) -> None:
-    """Two run folders end with identical weights, optimiser position, validation history and step log."""
-    ca = read_checkpoint(os.path.join(a, "checkpoints", "last.pth"))
-    cb = read_checkpoint(os.path.join(b, "checkpoints", "last.pth"))
-    assert ca["global_step"] == cb["global_step"] == 6
-    for key, value in ca["model"].items():
-        assert torch.equal(value, cb["model"][key]), key
-    assert [h["metrics"] for h in ca["history"]] == [h["metrics"] for h in cb["history"]]
-    assert [h["train_loss"] for h in ca["history"]] == [h["train_loss"] for h in cb["history"]]
-    assert read_steps(a) == read_steps(b)
-
-
 def no_leftovers(out: str) -> None:
     """No lock file and no checkpoint temporary left behind."""
     assert not os.path.exists(os.path.join(out, LOCK_NAME))
@@ -116,7 +81,7 @@ def no_leftovers(out: str) -> None:
     assert not [n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if n.endswith(".tmp")]
 
 
-# ------------------------------------------------------------------------------- class 3: stale cached state
+# --------------------------------------------------------------------------------------- stale cached state
 
 def _eval(folder: str, checkpoint: str, out: str, *extra: str) -> dict:
     assert eval_t2v(data_flags(folder) + EVAL + ["--init_model", checkpoint, "--output_dir", out, *extra]) == 0
@@ -163,7 +128,7 @@ def _cache_reads(caplog) -> int:
 
 @pytest.mark.parametrize("edit", [_fewer_test_rows, _caption_edited, _video_rewritten])
 def test_feature_cache_follows_the_test_split(edit, base, checkpoint, tmp_path, caplog):
-    """The issue's case: a cached 8-video test set reported for a 5-video csv (num_videos 8, skipped_videos -3)."""
+    """Once wrong: a cached 8-video test set was reported for a 5-video csv (num_videos 8, skipped_videos -3)."""
     folder = copy_set(base, str(tmp_path / "set"))
     cache = str(tmp_path / "cache")
     _eval(folder, checkpoint, str(tmp_path / "first"), "--feature_cache", cache)
@@ -281,7 +246,7 @@ def test_video_index_follows_a_checkpoint_replaced_in_place(base, trained, tmp_p
     assert "(0 from the cache, 2 encoded" in index()
 
 
-# ---------------------------------------------------------------------- class 4: runs that trample each other
+# ------------------------------------------------------------------------------ runs that trample each other
 
 def _lock_record(out: str, **record) -> str:
     os.makedirs(out, exist_ok=True)
@@ -455,7 +420,7 @@ def test_a_new_batch_size_continues_after_the_same_samples():
     assert state.epoch_step == 1  # 24 samples: one whole batch of 16 (8 are seen again)
 
 
-# --------------------------------------------------------------------------------------- class 8: interrupts
+# ---------------------------------------------------------------------------------------------- interrupts
 
 def _signal_at_forward(monkeypatch, calls: dict[int, list[int]]) -> None:
     """The training forward pass of call n (1-based) sends the signals ``calls[n]`` to this process, then goes on."""
@@ -607,15 +572,6 @@ def test_sigint_during_evaluation_leaves_earlier_results(base, checkpoint, tmp_p
 
 # ------------------------------------------------------------------------------------- real processes (slow)
 
-@pytest.fixture(scope="module")
-def reference(base, tmp_path_factory) -> str:
-    """The uninterrupted run in a subprocess, like the interrupted ones it is compared with."""
-    out = str(tmp_path_factory.mktemp("reference"))
-    r = run_module("train.main", tiny_flags(base, out) + ["--epochs", "2", "--deterministic"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 def _steps_logged(out: str) -> int:
     try:
         with open(os.path.join(out, "train_steps.jsonl")) as f:
@@ -626,8 +582,8 @@ def _steps_logged(out: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, workers", [(signal.SIGTERM, "2"), (signal.SIGINT, "0")])
-def test_real_signal_mid_training_then_resume_gives_the_uninterrupted_weights(signum, workers, base, reference,
-                                                                              tmp_path):
+def test_real_signal_mid_training_then_resume_gives_the_uninterrupted_weights(signum, workers, base,
+                                                                              reference_run, tmp_path):
     """SIGTERM to the whole process group, DataLoader workers included (a cluster's pre-emption), or SIGINT to the
     training process (Ctrl-C); then --resume_model in a new process."""
     out = str(tmp_path / "run")
@@ -652,7 +608,7 @@ def test_real_signal_mid_training_then_resume_gives_the_uninterrupted_weights(si
     r = run_module("train.main", flags + ["--num_thread_reader", "0", "--resume_model",
                                           os.path.join(out, "checkpoints", "last.pth")])
     assert r.returncode == 0, r.stderr[-3000:]
-    same_run(reference, out)
+    same_run(reference_run, out)
 
 
 @pytest.mark.slow
@@ -685,6 +641,7 @@ for batch in closing_batches(loader):
 """
 
 
+@pytest.mark.slow
 def test_process_exits_after_an_uncaught_error_with_workers_running(tmp_path):
     """Workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join) would wait for them forever
     when an uncaught error leaves the loop suspended; the process must end with the error instead."""

@@ -1,4 +1,4 @@
-"""Weights files that would run code, and files that are no checkpoint at all (issue 14, class 1 and 7).
+"""Weights files that would run code, and files that are no checkpoint at all (README, "Bad input and faults").
 
 A TorchScript archive (OpenAI's ``ViT-B-32.pt`` format) is read as data: the same state dict as ``torch.jit.load``
 on a real archive written by ``torch.jit.save``, while archives whose loading runs code are refused with one line

@@ -1,4 +1,4 @@
-"""The tools under scripts/ on hostile or careless input (issue 14, classes 5, 6 and 7).
+"""The tools under scripts/ on hostile or careless input (README, "Bad input and faults").
 
 Files a tool reads (captions, results, videos that are FIFOs), inputs that used to hang or take memory out of
 proportion to what is kept (a 100,000-character query, a 16384x2 video), and the scripts' own flags and folders:

@@ -1,40 +1,53 @@
-"""Training end to end on generated videos: learning, checkpoints, process-count independence, exact resume."""
+"""Training end to end on generated videos: learning, checkpoints, process-count independence, the launch scripts.
+
+Exact resume after a kill or a signal is tested in test_faults.py and test_runs.py."""
 import json
 import os
-import signal
+import shutil
 import subprocess
-import sys
-import time
 
 import pytest
-import torch
 from helpers import ROOT, read_steps, run_module, tiny_flags
 
 from modules.common.io import read_checkpoint
 from train.main import main as train_main
 
 
-def test_training_lowers_the_loss_and_writes_checkpoints(synthetic_set, tmp_path, capsys):
-    out = str(tmp_path / "run")
-    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "3", "--expand_msrvtt_sentences"]) == 0
-    losses = [s["loss"] for s in read_steps(out)]
-    train_ids = set(open(os.path.join(synthetic_set, "train.csv")).read().split()[1:])
-    pairs = sum(s["video_id"] in train_ids for s in json.load(open(os.path.join(synthetic_set, "data.json")))
-                ["sentences"])
-    assert len(losses) == 3 * (pairs // 8)  # every caption of the 32 training videos, batch 8, 3 epochs
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2
+def test_training_writes_checkpoints_history_and_refuses_a_second_run(synthetic_set, trained_run, tmp_path, capsys):
+    """The shared one-epoch run (conftest's ``trained_run``): 32 videos, one caption each, batch 8."""
+    steps = read_steps(trained_run)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["epoch"] == 1 for s in steps)
     for name in ("checkpoints/last.pth", "checkpoints/best.pth", "history.json", "config.json", "log.txt"):
-        assert os.path.isfile(os.path.join(out, name)), name
-    last = read_checkpoint(os.path.join(out, "checkpoints", "last.pth"))
-    assert last["epoch"] == 3 and last["epoch_step"] == 0 and last["global_step"] == len(losses)
-    assert [h["epoch"] for h in last["history"]] == [1, 2, 3]
+        assert os.path.isfile(os.path.join(trained_run, name)), name
+    last = read_checkpoint(os.path.join(trained_run, "checkpoints", "last.pth"))
+    assert last["epoch"] == 1 and last["epoch_step"] == 0 and last["global_step"] == len(steps)
+    assert [h["epoch"] for h in last["history"]] == [1]
     assert last["history"][0]["split"].startswith("test")  # MSR-VTT has no validation split: labelled
     # A second fresh run into the same folder would overwrite the first: refused.
+    out = shutil.copytree(trained_run, str(tmp_path / "run"))
     capsys.readouterr()
     assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_training_lowers_the_loss(synthetic_set, tmp_path):
+    """Every caption of the 32 training videos for 2 epochs (34 steps of 8): the loss falls (measured: from 2.36 to
+    1.27 over the first and last 4 steps; 1.35 at 4 frames a video, at a third more work)."""
+    out = str(tmp_path / "run")
+    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "2", "--expand_msrvtt_sentences",
+                                                        "--max_frames", "2"]) == 0
+    losses = [s["loss"] for s in read_steps(out)]
+    train_ids = set(open(os.path.join(synthetic_set, "train.csv")).read().split()[1:])
+    pairs = sum(s["video_id"] in train_ids for s in json.load(open(os.path.join(synthetic_set, "data.json")))
+                ["sentences"])
+    assert len(losses) == 2 * (pairs // 8)  # every caption of the 32 training videos, batch 8, 2 epochs
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2
+    last = read_checkpoint(os.path.join(out, "checkpoints", "last.pth"))
+    assert last["epoch"] == 2 and last["global_step"] == len(losses) and len(last["history"]) == 2
+
+
+@pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(synthetic_set, tmp_path):
     flags = ["--epochs", "1", "--deterministic"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
@@ -49,40 +62,6 @@ def test_two_processes_follow_the_single_process_loss_curve(synthetic_set, tmp_p
     wa = read_checkpoint(os.path.join(one, "checkpoints", "last.pth"))["model"]
     wb = read_checkpoint(os.path.join(two, "checkpoints", "last.pth"))["model"]
     assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-4
-
-
-def _global_step(path: str) -> int:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
-    except Exception:
-        return -1
-
-
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(synthetic_set, tmp_path):
-    flags = ["--epochs", "2", "--deterministic", "--checkpoint_every", "1"]
-    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    # All three runs in subprocesses with the same thread count: CPU reductions depend on it.
-    r = run_module("train.main", tiny_flags(synthetic_set, full) + flags)
-    assert r.returncode == 0, r.stderr[-2000:]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "train.main"] + tiny_flags(synthetic_set, killed) + flags,
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = os.path.join(killed, "checkpoints", "last.pth")
-    deadline = time.time() + 240
-    while _global_step(last) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    interrupted_at = _global_step(last)
-    assert 3 <= interrupted_at < 8, "the run must be killed in the middle"
-    r = run_module("train.main", tiny_flags(synthetic_set, killed) + flags + ["--resume_model", last])
-    assert r.returncode == 0, r.stderr[-2000:]
-    a = read_checkpoint(os.path.join(full, "checkpoints", "last.pth"))
-    b = read_checkpoint(last)
-    assert b["global_step"] == a["global_step"] == 8
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [h["metrics"] for h in a["history"]] == [h["metrics"] for h in b["history"]]
 
 
 def test_every_script_datatype_is_registered():

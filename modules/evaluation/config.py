@@ -17,7 +17,9 @@ from modules.data.registry import dataset_entry
 from modules.evaluation.sinkhorn import SK_ITERS
 from modules.model.ucofia import ModelConfig
 
-DIRECTIONS = ("t2v", "v2t")
+# Each retrieval direction: its short name (eval_t2v, results_t2v.json) and its name in prose.
+DIRECTION_NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
+DIRECTIONS = tuple(DIRECTION_NAMES)
 
 
 @dataclass
@@ -50,9 +52,8 @@ SECTIONS = ((RunOptions, "run"), (EvalRunOptions, "evaluation"), (DataConfig, "d
 
 def build_parser(direction: str):
     mode = "eval_" + direction
-    name = "text-to-video" if direction == "t2v" else "video-to-text"
-    parser = new_parser(f"python -m {mode}.main",
-                        f"Evaluate a checkpoint on {name} retrieval: raw, SK-norm and DSL side by side.")
+    parser = new_parser(f"python -m {mode}.main", f"Evaluate a checkpoint on {DIRECTION_NAMES[direction]} retrieval: "
+                        "raw, SK-norm and DSL side by side.")
     for cls, title in SECTIONS:
         add_options(parser, cls, title, mode)
     return parser

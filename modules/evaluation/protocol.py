@@ -22,7 +22,7 @@ from modules.common.io import atomic_write, write_json
 from modules.common.lock import run_folder
 from modules.common.runtime import Runtime, loader_workers, rank_from_env, run_entry, setup, setup_logging
 from modules.data import build_split
-from modules.evaluation.config import EvalConfig, parse_args
+from modules.evaluation.config import DIRECTION_NAMES, EvalConfig, parse_args
 from modules.evaluation.encoding import (
     EvalOptions,
     TestFeatures,
@@ -38,7 +38,6 @@ from modules.evaluation.feature_cache import FeatureCache, bank_key, test_featur
 from modules.model.build import build_model_from_checkpoint, build_zero_shot, trained_settings
 
 logger = logging.getLogger("ucofia")
-NAMES = {"t2v": "text-to-video", "v2t": "video-to-text"}
 BANK_SOURCE = {"t2v": "every caption of the training split", "v2t": "every video of the training split, once"}
 
 
@@ -148,7 +147,7 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
         rows.update({f"  {k} raw": results["levels"][k]["raw"] for k in names})
         skipped = (f" ({results['skipped_videos']} of the annotation's {test_split.listed_videos} videos skipped, "
                    f"with {results['skipped_texts']} captions)" if results["skipped_videos"] else "")
-        title = (f"{cfg.data.datatype} test, {NAMES[direction]}: {results['num_texts']} captions x "
+        title = (f"{cfg.data.datatype} test, {DIRECTION_NAMES[direction]}: {results['num_texts']} captions x "
                  f"{results['num_videos']} videos{skipped}; SK bank {results['sk_bank']['size']} "
                  f"({results['sk_bank']['source']})")
         print(format_table(title, rows), flush=True)
