@@ -434,7 +434,6 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU test)")
     args = parser.parse_args(argv)
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]  # the project and benchlib, installed or not
     os.makedirs(args.out, exist_ok=True)
     c = Check(os.path.abspath(args.out), args.device, args.tiny)
     for name in STEPS:
