@@ -41,7 +41,7 @@ def _write_torchscript(state_dict: dict, path: str) -> None:
     traced.half().save(path)
 
 
-@pytest.fixture(scope="module", params=["ViT-B-32-quickgelu", "tiny"])
+@pytest.fixture(scope="module", params=[pytest.param("ViT-B-32-quickgelu", marks=pytest.mark.slow), "tiny"])
 def reference(request, tmp_path_factory):
     """(open_clip model, plain state-dict file, TorchScript archive), weights rounded to fp16 like OpenAI's files."""
     torch.manual_seed(0)

@@ -248,11 +248,13 @@ def test_cpu_twin_train_step_comparison(cpu_noise):
         assert_same_step(shifted, a, FP32_RTOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "legacy_fp16"])
 def test_cpu_twin_half_precision_steps_are_close_to_fp32(precision, cpu_noise):
     assert_close_to_fp32(train_step("cpu", precision), train_step("cpu", "fp32"))
 
 
+@pytest.mark.slow
 def test_cpu_twin_evaluation_does_not_depend_on_batching(small_set):
     assert_same_evaluation(eval_matrices(small_set, "cpu", 3), eval_matrices(small_set, "cpu", 4))
 

@@ -30,6 +30,7 @@ def _eval(fn, folder_flags, ckpt, out, *extra):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_both_directions_end_to_end(synthetic_set, checkpoint, tmp_path):
     for fn, direction in ((eval_t2v, "t2v"), (eval_v2t, "v2t")):
         res = _eval(fn, data_flags(synthetic_set), checkpoint, str(tmp_path), "--save_sims")
@@ -73,6 +74,7 @@ def _shuffled_copy(src: str, dst: str) -> str:
     return dst
 
 
+@pytest.mark.slow
 def test_shuffled_rows_change_nothing(synthetic_set, checkpoint, tmp_path):
     base = _eval(eval_t2v, data_flags(synthetic_set), checkpoint, str(tmp_path / "base"))
     shuffled = _shuffled_copy(synthetic_set, str(tmp_path / "shuffled"))
@@ -108,6 +110,7 @@ def _msvd_copy(src: str, dst: str) -> str:
     return dst
 
 
+@pytest.mark.slow
 def test_several_captions_per_video(synthetic_set, checkpoint, tmp_path):
     folder = _msvd_copy(synthetic_set, str(tmp_path / "msvd"))
     flags = ["--datatype", "msvd", "--data_path", folder, "--features_path", os.path.join(synthetic_set, "videos")]
@@ -132,6 +135,7 @@ def test_missing_and_mismatched_checkpoints(synthetic_set, checkpoint, tmp_path,
     assert not os.path.exists(tmp_path / "results_t2v.json")
 
 
+@pytest.mark.slow
 def test_feature_cache_makes_a_second_run_score_only(synthetic_set, checkpoint, tmp_path, caplog):
     cache = str(tmp_path / "cache")
     first = _eval(eval_t2v, data_flags(synthetic_set), checkpoint, str(tmp_path / "a"), "--feature_cache", cache)
