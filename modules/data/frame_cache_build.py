@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -126,18 +128,24 @@ def _decode(task: tuple[int, str, Optional[float], Optional[float], dict]) -> tu
 
 
 def _init_worker() -> None:
-    import cv2
-    import torch
+    """A decoding process: the parent decides when to stop (its SIGINT handling), and ``Pool.terminate``'s SIGTERM
+    ends the worker (a forked child inherits the parent's deferring handlers otherwise); one decoding thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 def _decoded(tasks: list, workers: int) -> Iterator[tuple[int, Any, Any, str]]:
     if workers <= 0:
         yield from map(_decode, tasks)
         return
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+    try:
         yield from pool.imap(_decode, tasks, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def build_frame_cache(root: str, cfg: Any, clips: Sequence[Clip], workers: int = 0, shard_mb: float = SHARD_MB,
