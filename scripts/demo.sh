@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT=${DEMO_DIR:-runs/demo}
 TRAIN=${DEMO_TRAIN:-240}
 TEST=${DEMO_TEST:-60}
-EPOCHS=${DEMO_EPOCHS:-7}
+EPOCHS=${DEMO_EPOCHS:-5}
 CLIP=${DEMO_CLIP:-random:tiny}
 # The code of this checkout, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

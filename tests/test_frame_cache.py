@@ -83,7 +83,7 @@ def test_changed_video_is_decoded_counted_or_refused(small_set, tmp_path):
     assert test.frame_cache.lookup(changed)[0] == CHANGED
     assert "1 of 12 videos decoded instead of read from the frame cache (1 changed" in test.frame_cache_report()
     strict = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True), "test")
-    with pytest.raises(FrameCacheError, match=f"video {changed} is changed since it was cached"):
+    with pytest.raises(FrameCacheError, match=f"video {changed} changed since it was cached"):
         strict.video_view()[3]
     # Not in the cache at all (the training split was not built): named too; skip_bad_videos does not swallow it.
     train = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True, skip_bad_videos=True),
@@ -215,3 +215,16 @@ def test_training_and_evaluation_give_the_same_numbers_with_the_cache(synthetic_
             results[name] = json.load(f)
     assert results["live"]["metrics"] == results["cached"]["metrics"]
     assert results["live"]["levels"] == results["cached"]["levels"]
+
+
+def test_persistent_loader_workers_survive_epochs_and_restart_after_a_cut():
+    from modules.common.interrupts import closing_batches
+
+    loader = torch.utils.data.DataLoader(list(range(12)), batch_size=4, num_workers=1, persistent_workers=True)
+    assert [b.tolist() for b in closing_batches(loader)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    workers = loader._iterator._workers
+    assert sum(len(b) for b in closing_batches(loader)) == 12 and loader._iterator._workers == workers  # reused
+    for _batch in closing_batches(loader):
+        break  # a loop cut short shuts its workers down ...
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    assert sum(len(b) for b in closing_batches(loader)) == 12  # ... and the next epoch starts new ones

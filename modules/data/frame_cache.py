@@ -197,16 +197,15 @@ class FrameCache:
             shard = self._shard(entry["shard"])
             return np.array(shard[entry["offset"]:entry["offset"] + entry["frames"]]), CACHED
         window = "" if start is None and end is None else f" (window {start}-{end} s)"
+        why = f"is {status}" if status == MISSING else status
         if self.strict:
-            why = status
             if status == CHANGED:
-                now = video_stamp(path)
-                why = f"{status}: size and modification time {entry['stamp']} recorded, {now} now"
-            raise FrameCacheError(f"--frame_cache {self.root}: video {path}{window} is {why}; rebuild the cache with "
+                why += f" (size and modification time {entry['stamp']} recorded, {video_stamp(path)} now)"
+            raise FrameCacheError(f"--frame_cache {self.root}: video {path}{window} {why}; rebuild the cache with "
                                   "scripts/cache_frames.py or leave out --frame_cache_strict")
         if self._logged < LOGGED_LIVE:
             self._logged += 1
-            logger.warning("frame cache: %s%s is %s: decoding it", path, window, status)
+            logger.warning("frame cache: %s%s %s: decoding it", path, window, why)
         frames, _ = decode_clip(path, Sampling(self.settings), start, end, self.settings["image_resolution"])
         return frames, status
 
