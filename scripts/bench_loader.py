@@ -3,7 +3,7 @@
     python scripts/bench_loader.py [--clips 120] [--batch_size 16] [--workers 2]
 
 Clips like the paper's compressed videos (3 fps, shorter side 224; H.264 from the imageio-ffmpeg binary, or OpenCV's
-MPEG-4 part 2 without it), 12 frames of 224x224 each at 1 frame/s. The loader is the training loader
+MPEG-4 part 2 without it), up to 12 frames of 224x224 each at 1 frame/s. The loader is the training loader
 (``RetrievalSplit`` items through the global batch sampler) as a CUDA run uses it: uint8 frames, normalised on the
 device, so the figures are what reaches the GPU. Each side runs with 0 and ``--workers`` workers; clips/s count the
 clips after the first batch (worker start-up left out: training keeps its workers across epochs). Every batch of the
@@ -90,18 +90,19 @@ def run(args: argparse.Namespace) -> int:
                          features_path=os.path.join(data, "videos"), train_csv=os.path.join(data, "train.csv"),
                          val_csv=os.path.join(data, "test.csv"), max_frames=12, feature_framerate=1,
                          slice_framepos=2)
-        print(f"{args.clips} clips of {min(LENGTHS)}-{max(LENGTHS)} s, 3 fps, 398x224, {codec}; 12 frames of 224x224 "
-              f"per clip, batch {args.batch_size}")
+        print(f"{args.clips} clips of {min(LENGTHS)}-{max(LENGTHS)} s, 3 fps, 398x224, {codec}; up to 12 frames of "
+              f"224x224 per clip, batch {args.batch_size}")
         root = os.path.join(tmp, "frames")
         live = build_split(cfg, "train")
         report = build_frame_cache(root, cfg, split_clips(live), workers=args.workers, progress=False)
         on_disk = sum(os.path.getsize(os.path.join(report.folder, n)) for n in os.listdir(report.folder))
-        per_clip = on_disk / report.clips
+        frames = sum(int(m.sum()) for m in (live.video_view()[i]["video_mask"] for i in range(len(live.video_ids))))
+        per_clip, per_frame = on_disk / report.clips, on_disk / frames
         print(f"cache build: {report.clips / report.seconds:.1f} clips/s with {args.workers} workers; "
-              f"{per_clip / 2 ** 20:.2f} MiB per clip on disk ({per_clip:.0f} bytes)")
-        frames = 12
+              f"{per_clip / 2 ** 20:.2f} MiB per clip on disk ({per_clip:.0f} bytes, {frames / report.clips:.1f} "
+              f"frames of {per_frame:.0f} bytes, shard index included)")
         print("projected cache size: " + "; ".join(
-            f"{name} ({clips:,} clips, {n} frames) {clips * per_clip * n / frames / 2 ** 30:.0f} GiB"
+            f"{name} ({clips:,} clips, {n} frames) {clips * n * per_frame / 2 ** 30:.0f} GiB"
             for name, clips, n in PROJECTIONS))
         cached = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True), "train")
         for split in (live, cached):

@@ -1,8 +1,8 @@
 #!/bin/sh
 # The embedded default: no download, no GPU. Generates a synthetic video-caption set (coloured shapes moving over
-# backgrounds, real mp4 files), trains UCoFiA with a small randomly initialised CLIP, evaluates text-to-video and
-# video-to-text retrieval with SK-norm, prints one table, and ends with the paths of the training curves
-# (training.png) and of the evaluation report (report.html, open it in a browser). About 4 minutes on two CPU cores.
+# backgrounds, real mp4 files), decodes every clip once into a frame cache, trains UCoFiA with a small randomly
+# initialised CLIP, evaluates text-to-video and video-to-text retrieval with SK-norm, prints one table, and ends with
+# the paths of the training curves (training.png) and of the evaluation report (report.html, open it in a browser).
 #   sh scripts/demo.sh
 # Knobs (environment): PYTHON (default python3, then python), DEMO_DIR (default runs/demo), DEMO_TRAIN / DEMO_TEST
 # (videos, 240 / 60), DEMO_EPOCHS (7), DEMO_CLIP (random:tiny; with modules/ViT-B-32.pt present, DEMO_CLIP=ViT-B/32
@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT=${DEMO_DIR:-runs/demo}
 TRAIN=${DEMO_TRAIN:-240}
 TEST=${DEMO_TEST:-60}
-EPOCHS=${DEMO_EPOCHS:-5}
+EPOCHS=${DEMO_EPOCHS:-7}
 CLIP=${DEMO_CLIP:-random:tiny}
 # The code of this checkout, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -192,8 +192,8 @@ class RetrievalSplit(Dataset):
         return ids[0], text_mask(ids)[0]
 
     def load_video(self, video_index: int, frame_order: int, seed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Video [F, 3, R, R] (float; uint8 with ``uint8_video``) and mask BoolTensor [F] of one video, from the frame
-        cache or decoded; DataError naming the file."""
+        """Video float [F, 3, R, R] (uint8 [F, R, R, 3] with ``uint8_video``) and mask BoolTensor [F] of one video,
+        from the frame cache or decoded; DataError naming the file."""
         start, end = self.windows[video_index] or (None, None)
         video, mask, status = load_clip(self.frame_cache, self.video_paths[video_index], self.cfg, start, end,
                                         frame_order, seed, self.uint8_video)

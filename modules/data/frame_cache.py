@@ -242,14 +242,15 @@ def load_clip(cache: Optional[FrameCache], path: str, cfg: Any, start: Optional[
         frame_order, seed: as ``modules.data.transforms.frame_order_permutation``.
         uint8: return the frames as uint8 for ``normalize_video`` on the device (``pad_uint8``).
     Returns:
-        video [F, 3, R, R] (float, or uint8 with ``uint8``), video_mask BoolTensor [F], and CACHED, MISSING or CHANGED
-        (DECODED without a cache).
+        video float [F, 3, R, R] (uint8 [F, R, R, 3] with ``uint8``), video_mask BoolTensor [F], and CACHED, MISSING
+        or CHANGED (DECODED without a cache).
     """
     resolution, max_frames = int(getattr(cfg, "image_resolution", 224)), int(cfg.max_frames)
     if cache is None:
         frames, status = decode_clip(path, cfg, start, end, resolution)[0], DECODED
     else:
         frames, status = cache.frames(path, start, end)                   # [n, R, R, 3] in sampled order
-    frames = frames[frame_order_permutation(len(frames), frame_order, seed)]
+    if frame_order:
+        frames = frames[frame_order_permutation(len(frames), frame_order, seed)]
     video, mask = pad_uint8(frames, max_frames) if uint8 else clip_frames(frames, resolution, max_frames)
     return video, mask, status
