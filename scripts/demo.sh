@@ -5,14 +5,14 @@
 # the paths of the training curves (training.png) and of the evaluation report (report.html, open it in a browser).
 #   sh scripts/demo.sh
 # Knobs (environment): PYTHON (default python3, then python), DEMO_DIR (default runs/demo), DEMO_TRAIN / DEMO_TEST
-# (videos, 240 / 60), DEMO_EPOCHS (7), DEMO_CLIP (random:tiny; with modules/ViT-B-32.pt present, DEMO_CLIP=ViT-B/32
+# (videos, 240 / 60), DEMO_EPOCHS (3), DEMO_CLIP (random:tiny; with modules/ViT-B-32.pt present, DEMO_CLIP=ViT-B/32
 # fine-tunes OpenAI's CLIP with the published learning rates instead, which is much slower on a CPU).
 set -e
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT=${DEMO_DIR:-runs/demo}
 TRAIN=${DEMO_TRAIN:-240}
 TEST=${DEMO_TEST:-60}
-EPOCHS=${DEMO_EPOCHS:-7}
+EPOCHS=${DEMO_EPOCHS:-3}
 CLIP=${DEMO_CLIP:-random:tiny}
 # The code of this checkout, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
