@@ -28,6 +28,7 @@ from bench_video import make_video
 from benchlib import run_benchmark
 
 from modules.data import DataConfig, build_split, collate_skip_none
+from modules.data.frame_cache import read_index
 from modules.data.frame_cache_build import build_frame_cache, split_clips
 from modules.data.samplers import GlobalBatchSampler
 from modules.data.synthetic import generate
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         live = build_split(cfg, "train")
         report = build_frame_cache(root, cfg, split_clips(live), workers=args.workers, progress=False)
         on_disk = sum(os.path.getsize(os.path.join(report.folder, n)) for n in os.listdir(report.folder))
-        frames = sum(int(m.sum()) for m in (live.video_view()[i]["video_mask"] for i in range(len(live.video_ids))))
+        frames = sum(entry["frames"] for entry in read_index(report.folder).values())
         per_clip, per_frame = on_disk / report.clips, on_disk / frames
         print(f"cache build: {report.clips / report.seconds:.1f} clips/s with {args.workers} workers; "
               f"{per_clip / 2 ** 20:.2f} MiB per clip on disk ({per_clip:.0f} bytes, {frames / report.clips:.1f} "
