@@ -1,4 +1,5 @@
-"""One writer per output folder: a run holds an exclusive lock on ``<output_dir>/.ucofia.lock`` while it works.
+"""One writer per output folder: a run holds an exclusive lock on ``<output_dir>/.ucofia.lock`` while it works (and
+a frame-cache build on ``<frame_cache>/.ucofia.lock``).
 
 The lock is the operating system's (``flock``), so it is released when the holder ends in any way: a normal end, an
 error, an interrupt, SIGKILL or a crash. The file records the holder (pid, host, start, entry point) for the message
