@@ -2,6 +2,7 @@
 #   PYTHON       the interpreter (default python3, then python)
 #   NGPU         processes per node (default: every visible GPU, or 1 on a machine without one)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   multi-node runs (defaults: one node on this machine)
+#   FRAME_CACHE  a frame cache folder (scripts/cache_frames.py), passed on as --frame_cache
 #   DRY_RUN=1    print the command instead of running it
 
 require() {
@@ -36,6 +37,11 @@ run() {
     fi
     PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@"
 }
+
+# Sourced without arguments, this file shares the script's own: the extra flags "$@" every script passes on.
+if [ -n "${FRAME_CACHE:-}" ]; then
+    set -- --frame_cache "$FRAME_CACHE" "$@"
+fi
 
 # launch -m MODULE ARGS...: the entry point on every process. One process on one node runs as a plain process;
 # several run under torchrun through modules.common.launcher, which takes torchrun's flags and leaves a failed

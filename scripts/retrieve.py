@@ -19,6 +19,7 @@ it is not applied here; rankings can differ from an SK-normed evaluation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Optional, Sequence
@@ -30,10 +31,11 @@ import torch
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
+from modules.common.cli import add_options
 from modules.common.errors import ConfigError, DataError
 from modules.common.io import not_a_regular_file
 from modules.common.runtime import run_entry, setup, setup_logging
-from modules.data import list_videos
+from modules.data import DataConfig, list_videos
 from modules.data.annotations import check_caption, read_lines
 from modules.data.files import require_video_file
 from modules.evaluation.retrieval import (
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub["rank"].add_argument("--top_k", type=int, default=0, help="captions to print (0: all)")
     for p in sub.values():
         add_tool_arguments(p)
+        add_options(p, DataConfig, "frame cache (scripts/cache_frames.py)", "tool",
+                    only=("frame_cache", "frame_cache_strict"))
     return parser
 
 
@@ -153,6 +157,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ConfigError("--query: empty caption")
         rt = setup(args.device, seed=0)
         tool = load_tool(args.checkpoint, rt, tool_overrides(args), args.precision)
+        tool.data = dataclasses.replace(tool.data, frame_cache=getattr(args, "frame_cache", ""),
+                                        frame_cache_strict=getattr(args, "frame_cache_strict", False))
         if args.command == "index":
             run_index(args, tool, files)
         elif args.command == "search":

@@ -103,7 +103,8 @@ def test_views(tmp_path, template, monkeypatch):
     train = build_split(cfg, "train")
     videos = train.video_view()
     assert len(videos) == 3 and [videos[i]["index"] for i in range(3)] == [0, 1, 2]
-    monkeypatch.setattr("modules.data.base.load_video", lambda *a, **k: pytest.fail("text view decoded a video"))
+    monkeypatch.setattr("modules.data.frame_cache.decode_clip",
+                        lambda *a, **k: pytest.fail("text view decoded a video"))
     texts = train.text_view()
     assert len(texts) == 6  # every caption of every training video, with or without --expand_msrvtt_sentences
     batch = next(iter(DataLoader(texts, batch_size=6)))

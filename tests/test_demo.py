@@ -1,4 +1,5 @@
 """The embedded default (scripts/demo.sh) end to end, at a reduced size."""
+import json
 import os
 import subprocess
 
@@ -16,6 +17,11 @@ def test_demo_runs_and_prints_the_table(tmp_path):
     for line in ("text-to-video (12 captions x 12 videos, chance R@1 8.3)", "video-to-text (12 captions x 12 videos",
                  "  raw ", "  SK-norm ", "  DSL* "):
         assert line in tail, line
+    # Every clip decoded once into the frame cache; training and both evaluations read it (strict: nothing decoded).
+    assert "52 clips, 0 already cached, 52 decoded" in run.stdout
+    for name in ("train/config.json", "eval/config_t2v.json", "eval/config_v2t.json"):
+        data = json.loads((out / name).read_text())["data"]
+        assert data["frame_cache"] == f"{out}/frames" and data["frame_cache_strict"], name
     for name in ("train/checkpoints/last.pth", "eval/results_t2v.json", "eval/results_v2t.json"):
         assert (out / name).is_file(), name
     # It ends with the paths of the training curves and the evaluation report.

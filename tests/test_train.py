@@ -87,7 +87,8 @@ def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
     from modules.training.config import build_parser as train_parser
 
     folder, name = os.path.split(os.path.join(ROOT, script))
-    env = dict(os.environ, DRY_RUN="1", DATA_PATH="/data", OUTPUT_DIR=str(tmp_path), NGPU="2")
+    env = dict(os.environ, DRY_RUN="1", DATA_PATH="/data", OUTPUT_DIR=str(tmp_path), NGPU="2",
+               FRAME_CACHE="/fast/frames")
     # as the published README runs them: from inside the entry point's folder
     out = subprocess.run(["sh", os.path.join("scripts", name)], cwd=os.path.dirname(folder), env=env,
                          capture_output=True, text=True)
@@ -102,7 +103,7 @@ def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):
     entry = module.split(".")[0]
     parser = train_parser() if entry == "train" else eval_parser(entry[-3:])
     args = parser.parse_args(words[at + 2:])
-    assert args.output_dir == str(tmp_path)
+    assert args.output_dir == str(tmp_path) and args.frame_cache == "/fast/frames"
     missing = subprocess.run(["sh", script], cwd=ROOT, env=dict(os.environ, DRY_RUN="1"), capture_output=True,
                              text=True)
     assert missing.returncode == 2 and "set DATA_PATH" in missing.stderr

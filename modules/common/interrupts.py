@@ -128,17 +128,26 @@ _open_loaders: "weakref.WeakSet" = weakref.WeakSet()  # multi-process DataLoader
 
 
 def closing_batches(loader: Iterable) -> Iterator:
-    """Iterate ``loader``, shutting its worker processes down when the loop ends (see the module docstring)."""
+    """Iterate ``loader``, shutting its worker processes down when the loop ends (see the module docstring).
+
+    The workers of a loader with ``persistent_workers`` live on after a loop that ran to its end (the next epoch
+    reuses them; they are shut down at exit); a loop cut short shuts them down and the next one starts new ones.
+    """
     iterator = iter(loader)
     shutdown = getattr(iterator, "_shutdown_workers", None)  # a multi-process DataLoader iterator
+    persistent = bool(getattr(loader, "persistent_workers", False))
     if shutdown is not None:
         _open_loaders.add(iterator)
+    finished = False
     try:
         yield from iterator
+        finished = True
     finally:
-        if shutdown is not None:
+        if shutdown is not None and not (persistent and finished):
             shutdown()
             _open_loaders.discard(iterator)
+            if persistent:
+                loader._iterator = None  # type: ignore[attr-defined]  # PyTorch's handle of the persistent workers
 
 
 @atexit.register  # registered after multiprocessing's exit handler (imported above), so it runs before it

@@ -1,4 +1,5 @@
-"""One writer per output folder: a run holds an exclusive lock on ``<output_dir>/.ucofia.lock`` while it works.
+"""One writer per output folder: a run holds an exclusive lock on ``<output_dir>/.ucofia.lock`` while it works (and
+a frame-cache build on ``<frame_cache>/.ucofia.lock``).
 
 The lock is the operating system's (``flock``), so it is released when the holder ends in any way: a normal end, an
 error, an interrupt, SIGKILL or a crash. The file records the holder (pid, host, start, entry point) for the message
@@ -93,8 +94,9 @@ def _read(fd: int) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
-def acquire(folder: str, entry: str) -> OutputLock:
-    """Lock ``folder`` (which exists) for this process, or raise ``ConfigError`` naming the run that holds it."""
+def acquire(folder: str, entry: str, flag: str = "--output_dir") -> OutputLock:
+    """Lock ``folder`` (which exists) for this process, or raise ``ConfigError`` naming the run that holds it
+    (``flag``: the option that named the folder, for the message)."""
     path = os.path.join(folder, LOCK_NAME)
     host = socket.gethostname()
     while True:
@@ -105,8 +107,8 @@ def acquire(folder: str, entry: str) -> OutputLock:
             holder = _read(fd)
             os.close(fd)
             who = _describe(holder) if holder else "its record is not written yet"
-            raise ConfigError(f"--output_dir {folder} is in use by another run ({who}); wait for it to end or "
-                              f"choose another --output_dir") from None
+            raise ConfigError(f"{flag} {folder} is in use by another run ({who}); wait for it to end or "
+                              f"choose another {flag}") from None
         except OSError as e:
             os.close(fd)
             if e.errno not in NO_LOCKS:
@@ -125,12 +127,12 @@ def acquire(folder: str, entry: str) -> OutputLock:
     if previous:
         if previous.get("host") != host:
             lock.release(keep_file=True)
-            raise ConfigError(f"--output_dir {folder} holds the lock file of a run on another host "
+            raise ConfigError(f"{flag} {folder} holds the lock file of a run on another host "
                               f"({_describe(previous)}), which this host cannot check: if that run has ended, delete "
                               f"{path}")
         if _alive(previous) and previous.get("pid") != os.getpid():
             lock.release(keep_file=True)
-            raise ConfigError(f"--output_dir {folder} is in use by another run ({_describe(previous)}; the lock "
+            raise ConfigError(f"{flag} {folder} is in use by another run ({_describe(previous)}; the lock "
                               f"file's lock was free: does this filesystem support locks?)")
         lock.note = f"{path}: taking over the lock file of a run that is no longer running ({_describe(previous)})"
     record = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": host, "entry": entry,

@@ -25,8 +25,8 @@ from modules.common.errors import DataError
 from modules.common.io import not_a_regular_file
 from modules.data.annotations import shown
 from modules.data.config import DataConfig
+from modules.data.frame_cache import CHANGED, MISSING, load_clip, open_frame_cache
 from modules.data.transforms import seed_entropy
-from modules.data.video import load_video
 from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 MAX_NAMED = 20
 # Separate random streams drawn from the same (seed, epoch, index).
 _CAPTION_STREAM, _FRAME_STREAM = 0, 1
+# Codes in ``RetrievalSplit._live``: why a video was decoded although a frame cache is in use.
+_LIVE = {MISSING: 1, CHANGED: 2}
 
 
 class RetrievalSplit(Dataset):
@@ -47,6 +49,9 @@ class RetrievalSplit(Dataset):
         video_ids, video_paths: one entry per video, each video once.
         windows: per video None or a (start, end) window in seconds.
         is_test_fallback: True when "val" was asked for and this dataset has no validation split.
+        uint8_video: items carry uint8 frames, normalised on the device (``modules.data.transforms.video_to_device``);
+            set for CUDA runs, where a quarter of the bytes cross from the workers and over the bus.
+        frame_cache: the ``FrameCache`` of --frame_cache, or None (decode every clip).
         skipped: paths of videos dropped from the split when building (missing or empty; reasons are logged).
         undecodable: paths of videos that failed to decode later, seen from any worker (see the property).
         listed_texts, listed_videos: what the annotation gives for the split before anything is dropped; every
@@ -72,6 +77,7 @@ class RetrievalSplit(Dataset):
         """
         self.cfg, self.name, self.split = cfg, name, split
         self.is_test_fallback = False
+        self.uint8_video = False
         self.one_caption_per_video = one_caption_per_video
         self.frame_order = cfg.train_frame_order if split == "train" else cfg.eval_frame_order
         windows = list(windows) if windows is not None else [None] * len(video_ids)
@@ -109,6 +115,8 @@ class RetrievalSplit(Dataset):
         # Shared with DataLoader workers (see the module docstring).
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._bad = torch.zeros(max(1, len(self.video_ids)), dtype=torch.uint8).share_memory_()
+        self._live = torch.zeros(max(1, len(self.video_ids)), dtype=torch.uint8).share_memory_()
+        self.frame_cache = open_frame_cache(cfg)
         logger.info("%s", self)
 
     def __repr__(self) -> str:
@@ -184,9 +192,23 @@ class RetrievalSplit(Dataset):
         return ids[0], text_mask(ids)[0]
 
     def load_video(self, video_index: int, frame_order: int, seed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Video FloatTensor [F, 3, R, R] and mask BoolTensor [F] of one video; DataError naming the file."""
-        window = self.windows[video_index] or (None, None)
-        return load_video(self.video_paths[video_index], self.cfg, window[0], window[1], frame_order, seed)
+        """Video float [F, 3, R, R] (uint8 [F, R, R, 3] with ``uint8_video``) and mask BoolTensor [F] of one video,
+        from the frame cache or decoded; DataError naming the file."""
+        start, end = self.windows[video_index] or (None, None)
+        video, mask, status = load_clip(self.frame_cache, self.video_paths[video_index], self.cfg, start, end,
+                                        frame_order, seed, self.uint8_video)
+        if status in _LIVE:
+            self._live[video_index] = _LIVE[status]
+        return video, mask
+
+    def frame_cache_report(self) -> str:
+        """With a frame cache, how many videos so far were decoded instead of read, and why ("" when none)."""
+        live = self._live[:len(self.video_ids)]
+        missing, changed = int((live == _LIVE[MISSING]).sum()), int((live == _LIVE[CHANGED]).sum())
+        if self.frame_cache is None or not missing + changed:
+            return ""
+        return (f"{self.name} {self.split}: {missing + changed} of {len(self.video_ids)} videos decoded instead of "
+                f"read from the frame cache ({changed} changed since it was built, {missing} not in it)")
 
     def mark_bad(self, video_index: int, error: Exception) -> None:
         """Remember a video that failed to decode (visible to all workers) and log why."""
@@ -266,6 +288,22 @@ class VideoView(Dataset):
             split.mark_bad(index, e)
             return None
         return {"video": video, "video_mask": mask, "index": index}
+
+
+# Batches each DataLoader worker keeps ready on CUDA (PyTorch's default is 2).
+CUDA_PREFETCH = 4
+
+
+def loader_settings(device: torch.device, workers: int, persistent: bool = False) -> dict[str, Any]:
+    """DataLoader keyword arguments for feeding ``device``: on CUDA pinned memory (asynchronous copies), deeper
+    prefetch and, for a loader iterated again and again (``persistent``: the training loader), workers that live
+    across epochs; on the CPU PyTorch's defaults."""
+    if device.type != "cuda":
+        return {}
+    out: dict[str, Any] = {"pin_memory": True}
+    if workers > 0:
+        out.update(prefetch_factor=CUDA_PREFETCH, persistent_workers=persistent)
+    return out
 
 
 def collate_skip_none(batch: list[Any]) -> Any:

@@ -37,6 +37,11 @@ class DataConfig:
                                            "video with a caption drawn each epoch (9k)", modes=("train",))
     skip_bad_videos: bool = option(False, "drop missing, empty or undecodable videos (logged and counted) instead of "
                                    "stopping with an error")
+    frame_cache: str = option("", "folder of frames decoded once by scripts/cache_frames.py: clips are read from it "
+                              "instead of decoded; one not in it, or whose video file changed, is decoded (and "
+                              "counted)")
+    frame_cache_strict: bool = option(False, "with --frame_cache: stop with an error naming a clip the cache cannot "
+                                      "serve (not in it, or its video file changed) instead of decoding it")
     image_resolution: int = setting(224, "CLIP's input side: shorter side resized to it, then centre-cropped")
     seed: int = setting(42, "with epoch and index, seeds every data-side random choice; set from --seed")
 
@@ -55,6 +60,8 @@ class DataConfig:
             if getattr(self, flag) not in (0, 1, 2):
                 raise ConfigError(f"--{flag} must be 0, 1 or 2, got {getattr(self, flag)}")
         frames_per_second_or_step(self.feature_framerate)
+        if self.frame_cache_strict and not self.frame_cache:
+            raise ConfigError("--frame_cache_strict needs --frame_cache DIR")
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> "DataConfig":

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from modules.common.errors import DataError
 from modules.common.io import not_a_regular_file
 from modules.data.annotations import VIDEO_EXTENSIONS
-from modules.data.video import load_video
+from modules.data.frame_cache import load_clip, open_frame_cache
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def require_video_file(path: str) -> None:
 
 
 class VideoFiles(Dataset):
-    """Items ``{"video": [F, 3, R, R], "video_mask": [F], "index"}`` for arbitrary video files.
+    """Items ``{"video": [F, 3, R, R], "video_mask": [F], "index"}`` for arbitrary video files (read from the frame
+    cache of ``cfg.frame_cache`` where it holds them).
 
     With ``skip_bad_videos`` an unreadable file gives None (batch with ``collate_skip_none``) and is logged;
     otherwise it raises DataError naming the file.
@@ -67,6 +68,7 @@ class VideoFiles(Dataset):
         self.video_ids = [os.path.splitext(os.path.basename(p))[0] for p in self.video_paths]
         self.skip_bad_videos = bool(getattr(cfg, "skip_bad_videos", False) if skip_bad_videos is None
                                     else skip_bad_videos)
+        self.frame_cache = open_frame_cache(cfg)
 
     def __len__(self) -> int:
         return len(self.video_paths)
@@ -75,7 +77,7 @@ class VideoFiles(Dataset):
         try:
             order = int(getattr(self.cfg, "eval_frame_order", 0))
             seed = (int(getattr(self.cfg, "seed", 0)), 0, index)
-            video, mask = load_video(self.video_paths[index], self.cfg, frame_order=order, seed=seed)
+            video, mask, _ = load_clip(self.frame_cache, self.video_paths[index], self.cfg, None, None, order, seed)
         except DataError as e:
             if not self.skip_bad_videos:
                 raise

@@ -89,6 +89,55 @@ def clip_frames(frames: np.ndarray, resolution: int, max_frames: int) -> tuple[t
     return video, mask
 
 
+def pad_uint8(frames: np.ndarray, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames already at the model's side, kept as uint8 for ``normalize_video`` to finish on the device.
+
+    Args:
+        frames: uint8 [n, R, R, 3] RGB, n <= max_frames.
+        max_frames: F.
+    Returns:
+        video ByteTensor [F, R, R, 3], channels last as decoded (padding frames are zeros), video_mask BoolTensor [F]:
+        a quarter of the bytes of ``clip_frames``'s output, and exactly its values once through ``normalize_video``
+        (which also moves the channels to where the model takes them, on the device).
+    """
+    n, resolution = len(frames), frames.shape[1]
+    video = torch.zeros(max_frames, resolution, resolution, 3, dtype=torch.uint8)
+    mask = torch.zeros(max_frames, dtype=torch.bool)
+    if n:
+        video[:n] = torch.from_numpy(np.ascontiguousarray(frames))
+        mask[:n] = True
+    return video, mask
+
+
+def normalize_video(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A batch's video as the model takes it: a uint8 one (``pad_uint8``, channels last) is normalised where it is,
+    with the same operations as ``normalize`` and padding frames set to zero, so the values equal ``clip_frames``'s
+    bit for bit; a float one is returned as it is.
+
+    Args:
+        video: uint8 [..., F, R, R, 3] or float [..., F, 3, R, R].
+        mask: bool [..., F], True for real frames.
+    Returns:
+        float [..., F, 3, R, R].
+    """
+    if video.dtype != torch.uint8:
+        return video
+    # Tensor divisors (not Python scalars): CUDA would multiply by the reciprocal of a scalar, which rounds otherwise.
+    x = video.float().div_(torch.full((1,), 255.0, device=video.device))
+    x = x.sub_(torch.tensor(CLIP_MEAN, device=video.device)).div_(torch.tensor(CLIP_STD, device=video.device))
+    x = x.masked_fill_(~mask.to(video.device)[..., None, None, None], 0.0)
+    return x.movedim(-1, -3).contiguous()                                                 # [..., F, 3, R, R]
+
+
+def video_to_device(video: torch.Tensor, mask: torch.Tensor, device: torch.device) -> tuple[torch.Tensor,
+                                                                                            torch.Tensor]:
+    """Move a batch's video (float [B, F, 3, R, R] or uint8 [B, F, R, R, 3]) and mask [B, F] to ``device``
+    (asynchronously from pinned memory) and normalise a uint8 video there (``normalize_video``): a quarter of the
+    bytes cross the bus."""
+    video, mask = video.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+    return normalize_video(video, mask), mask
+
+
 def frame_order_permutation(n: int, frame_order: int, seed: int | Sequence[int] = 0) -> np.ndarray:
     """Positions to reorder n sampled frames: 0 = as sampled, 1 = reversed, 2 = shuffled.
 

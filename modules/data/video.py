@@ -319,21 +319,17 @@ def _sampling(cfg: Any) -> tuple[int, float, int]:
     return int(cfg.max_frames), float(cfg.feature_framerate), int(cfg.slice_framepos)
 
 
-def load_video_raw(path: str, cfg: Any, start: float | None = None, end: float | None = None,
-                   frame_order: int = 0, seed: int | Sequence[int] = 0,
-                   resolution: int | None = None) -> tuple[np.ndarray, list[int]]:
-    """Sampled frames of one video file as uint8, for tools (retrieval on your own videos, pictures).
+def decode_clip(path: str, cfg: Any, start: float | None = None, end: float | None = None,
+                resolution: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """The frames the sampling rule picks from one video file, in sampled order (before any frame-order step).
 
     Args:
         path: any video file OpenCV/FFmpeg can read.
         cfg: DataConfig, argparse Namespace or anything with ``max_frames``, ``feature_framerate``, ``slice_framepos``.
         start, end: optional clip window in seconds.
-        frame_order: 0 normal, 1 reverse, 2 shuffled with ``seed``.
-        seed: entropy for the shuffle.
         resolution: resize and centre-crop each frame to R x R as it is decoded (``resize_center_crop``).
     Returns:
-        frames uint8 [n, H, W, 3] RGB (n <= max_frames; [n, R, R, 3] with ``resolution``), and their frame indices
-        in the returned order.
+        frames uint8 [n, H, W, 3] RGB (1 <= n <= max_frames; [n, R, R, 3] with ``resolution``), their frame indices.
     Raises:
         DataError: the file cannot be opened, has no frames in the window, or is truncated.
     """
@@ -356,6 +352,25 @@ def load_video_raw(path: str, cfg: Any, start: float | None = None, end: float |
                 frames = again.read(indices, transform)
     if not indices:
         raise DataError(f"{path}: no frames in the window [{start}, {end}] s of a {info.n_frames}-frame video")
+    return frames, indices
+
+
+def load_video_raw(path: str, cfg: Any, start: float | None = None, end: float | None = None,
+                   frame_order: int = 0, seed: int | Sequence[int] = 0,
+                   resolution: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Sampled frames of one video file as uint8, for tools (retrieval on your own videos, pictures).
+
+    Args:
+        path, cfg, start, end, resolution: as ``decode_clip``.
+        frame_order: 0 normal, 1 reverse, 2 shuffled with ``seed``.
+        seed: entropy for the shuffle.
+    Returns:
+        frames uint8 [n, H, W, 3] RGB (n <= max_frames; [n, R, R, 3] with ``resolution``), and their frame indices
+        in the returned order.
+    Raises:
+        DataError: the file cannot be opened, has no frames in the window, or is truncated.
+    """
+    frames, indices = decode_clip(path, cfg, start, end, resolution)
     order = frame_order_permutation(len(indices), frame_order, seed)
     return frames[order], [indices[k] for k in order]
 

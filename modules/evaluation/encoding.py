@@ -23,7 +23,9 @@ from modules.common.errors import DataError
 from modules.common.interrupts import closing_batches, ignore_in_worker
 from modules.common.runtime import Runtime, autocast_context, loader_workers, show_progress
 from modules.data import collate_skip_none
+from modules.data.base import loader_settings
 from modules.data.samplers import ShardSampler, epoch_permutation
+from modules.data.transforms import video_to_device
 from modules.evaluation.metrics import t2v_metrics, v2t_metrics
 from modules.evaluation.sinkhorn import SK_ITERS, sk_bias
 from modules.model.features import TextFeatures, VideoFeatures
@@ -48,8 +50,10 @@ def _shard_indices(n: int, rt: Runtime, subset: Optional[torch.Tensor] = None) -
 
 
 def _batches(dataset, indices: list[int], opts: EvalOptions, collate=None, desc: str = "", rt=None):
+    device = rt.device if rt is not None else torch.device("cpu")
     loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=indices,
-                                         num_workers=opts.workers, collate_fn=collate, worker_init_fn=ignore_in_worker)
+                                         num_workers=opts.workers, collate_fn=collate, worker_init_fn=ignore_in_worker,
+                                         **loader_settings(device, opts.workers))
     return tqdm(closing_batches(loader), total=len(loader), desc=desc, disable=rt is None or not show_progress(rt),
                 leave=False, dynamic_ncols=True)
 
@@ -75,7 +79,7 @@ def iter_video_features(model, dataset, rt: Runtime, opts: EvalOptions, subset=N
         if batch is None:
             continue
         with torch.no_grad(), autocast_context(opts.precision, rt.device):
-            f = model.encode_video(batch["video"].to(rt.device), batch["video_mask"].to(rt.device))
+            f = model.encode_video(*video_to_device(batch["video"], batch["video_mask"], rt.device))
         yield f.map(_to_float), torch.as_tensor(batch["index"])
 
 

@@ -41,6 +41,8 @@ NOT_KEYED = {
     "seed": "keyed by the split where frames are shuffled",
     "train_frame_order": "training only",
     "expand_msrvtt_sentences": "training only",
+    "frame_cache": "cached frames are the decoded frames bit for bit",
+    "frame_cache_strict": "cached frames are the decoded frames bit for bit",
 }
 
 

@@ -94,6 +94,8 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
                        sk_iters=cfg.sk_iters, sk_bank_size=cfg.sk_bank_size, seed=cfg.seed)
     test_split = build_split(cfg.data, "test")
     train_split = build_split(cfg.data, "train")
+    for split in (test_split, train_split):
+        split.uint8_video = rt.device.type == "cuda"  # normalised on the device: a quarter of the bytes to move
     cache = FeatureCache(cfg.feature_cache, test_key(cfg, rt, test_split) if cfg.feature_cache else "", rt)
 
     feats = test_features(model, test_split, rt, opts, cache)
@@ -106,6 +108,9 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
     if bank is None:
         bank = bank_scores(model, train_split, feats, direction, rt, opts)
         cache.save(name, key, bank)
+    for split in (test_split, train_split):
+        if split.frame_cache_report():
+            logger.warning("%s", split.frame_cache_report())
     bias = sk_biases(bank, cfg.sk_iters)
     c2v = feats.caption_to_video
     raw = combine(levels)

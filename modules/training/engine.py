@@ -20,6 +20,7 @@ from modules.common.errors import UCoFiAError
 from modules.common.interrupts import closing_batches
 from modules.common.runtime import Runtime, autocast_context, show_progress
 from modules.data.samplers import noise_seeds
+from modules.data.transforms import video_to_device
 from modules.training.checkpoint import TrainState
 
 logger = logging.getLogger("ucofia")
@@ -81,10 +82,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, state: TrainState, *, r
         sync = contextlib.nullcontext() if (last_micro or not rt.distributed) else model.no_sync()
         with sync:
             with autocast_context(precision, rt.device):
+                video, video_mask = video_to_device(batch["video"], batch["video_mask"], rt.device)
                 loss = model(batch["text_ids"].to(rt.device, non_blocking=True),
-                             batch["text_mask"].to(rt.device, non_blocking=True),
-                             batch["video"].to(rt.device, non_blocking=True),
-                             batch["video_mask"].to(rt.device, non_blocking=True), seeds)
+                             batch["text_mask"].to(rt.device, non_blocking=True), video, video_mask, seeds)
             (loss.float() / accumulation).backward()
         step_loss += loss.detach().float() / accumulation
         n_clips += len(batch["index"]) * rt.world_size

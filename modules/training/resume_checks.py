@@ -39,6 +39,8 @@ HARMLESS = {
     "do_train": "what the entry point does, not how it trains",
     "do_eval": "what the entry point does, not how it trains",
     "num_thread_reader": "every item is a function of (seed, epoch, index), whichever worker loads it",
+    "data.frame_cache": "cached frames are the decoded frames bit for bit; a clip the cache cannot serve is decoded",
+    "data.frame_cache_strict": "only whether a clip the cache cannot serve stops the run",
     "n_display": "how often the loss is logged",
     "checkpoint_every": "how often the position is saved, not what is computed",
     "max_steps": "where the run stops; the learning-rate schedule follows --epochs",

@@ -39,7 +39,7 @@ from modules.common.io import (
 )
 from modules.common.runtime import Runtime, loader_workers
 from modules.data import build_split, collate_skip_none
-from modules.data.base import RetrievalSplit
+from modules.data.base import RetrievalSplit, loader_settings
 from modules.data.samplers import GlobalBatchSampler
 from modules.model.build import build_model, load_model_weights
 from modules.model.ucofia import UCoFiA
@@ -122,10 +122,12 @@ def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
         model.compile()  # in place: the state dict keeps its keys; evaluation's encoders stay eager
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
-    loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler,
-                                         num_workers=loader_workers(cfg.num_thread_reader),
-                                         collate_fn=collate_skip_none, pin_memory=rt.device.type == "cuda",
-                                         worker_init_fn=ignore_in_worker)
+    for split in (train_split, val_split):
+        split.uint8_video = rt.device.type == "cuda"  # normalised on the device: a quarter of the bytes to move
+    workers = loader_workers(cfg.num_thread_reader)
+    loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=workers,
+                                         collate_fn=collate_skip_none, worker_init_fn=ignore_in_worker,
+                                         **loader_settings(rt.device, workers, persistent=True))
     record = dict(cfg.to_dict(), command=command, data_version=train_split.fingerprint())
     return Run(cfg, rt, train_split, val_split, val_label, sampler, model, ddp, optimizer, loader, TrainState(),
                record)
@@ -166,12 +168,16 @@ def train_epoch(run: Run) -> float:
     cfg, state = run.cfg, run.state
     run.sampler.set_epoch(state.epoch, state.epoch_step)
     run.train_split.set_epoch(state.epoch)
-    return train_one_epoch(run.ddp, run.loader, run.optimizer, state, rt=run.rt, seed=cfg.seed,
+    loss = train_one_epoch(run.ddp, run.loader, run.optimizer, state, rt=run.rt, seed=cfg.seed,
                            accumulation=cfg.gradient_accumulation_steps, precision=cfg.precision,
                            max_grad_norm=cfg.optim.max_grad_norm, n_display=cfg.n_display,
                            skip_nonfinite=cfg.skip_nonfinite_loss, steps_per_epoch=run.sampler.steps_per_epoch,
                            total_steps=run.total_steps, max_steps=cfg.max_steps, on_step=lambda s: after_step(run),
                            writer=run.writer)
+    report = run.train_split.frame_cache_report()
+    if report:
+        logger.warning("%s", report)
+    return loss
 
 
 def after_step(run: Run) -> None:

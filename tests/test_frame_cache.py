@@ -1,0 +1,230 @@
+"""The frame cache: exact frames, stale videos, strict mode, killed builds, concurrent readers, bad videos, and a
+training plus evaluation that give the same numbers with and without it."""
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import write_mp4v
+from helpers import ROOT, data_flags, read_steps, tiny_flags
+
+from modules.common.errors import ConfigError, DataError
+from modules.common.lock import acquire
+from modules.data import DataConfig, build_split
+from modules.data.frame_cache import CACHED, CHANGED, MISSING, FrameCache, FrameCacheError, load_clip
+from modules.data.frame_cache_build import build_frame_cache, split_clips
+from modules.data.transforms import normalize_video
+from modules.data.video import decode_clip
+
+
+def split_cfg(folder: str, **kw) -> DataConfig:
+    return DataConfig(datatype="msrvtt", train_csv=os.path.join(folder, "train.csv"),
+                      val_csv=os.path.join(folder, "test.csv"), data_path=os.path.join(folder, "data.json"),
+                      features_path=os.path.join(folder, "videos"), max_frames=4, max_words=16, **kw)
+
+
+@pytest.fixture
+def small_set(synthetic_set, tmp_path) -> str:
+    """A private copy of the session's synthetic set (these tests rewrite and break videos)."""
+    folder = str(tmp_path / "set")
+    shutil.copytree(synthetic_set, folder)
+    return folder
+
+
+def build(root: str, cfg: DataConfig, splits=("train", "test"), **kw):
+    clips = [c for s in splits for c in split_clips(build_split(cfg, s))]
+    return build_frame_cache(root, cfg, clips, progress=False, **kw)
+
+
+def test_cached_frames_equal_live_decoding(tmp_path):
+    # Several lengths, frame rates (fractional, below the sampling rate, high), sizes (portrait, landscape, odd).
+    shapes = [(7, 3, 48, 32), (40, 25, 64, 48), (95, 30, 40, 72), (31, 2.5, 50, 50), (200, 24, 34, 22)]
+    videos = [write_mp4v(str(tmp_path / f"v{k}.mp4"), *shape) for k, shape in enumerate(shapes)]
+    for max_frames, rate, slice_pos in ((4, 1, 2), (12, 2, 0), (3, 0.5, 1)):
+        cfg = DataConfig(max_frames=max_frames, feature_framerate=rate, slice_framepos=slice_pos, image_resolution=32)
+        clips = [(v, None, None) for v in videos] + [(v, 1.0, 2.0) for v in videos[1:3]]
+        root = str(tmp_path / f"cache{max_frames}")
+        report = build_frame_cache(root, cfg, clips, workers=2 if max_frames == 4 else 0, progress=False)
+        assert (report.decoded, report.bad) == (len(clips), [])
+        cache = FrameCache(root, dataclasses.replace(cfg, frame_cache=root), strict=True)
+        for path, start, end in clips:
+            live, _ = decode_clip(path, cfg, start, end, 32)
+            cached, status = cache.frames(path, start, end)
+            assert status == CACHED and cached.dtype == np.uint8 and np.array_equal(cached, live), (path, start)
+            for order in (0, 1, 2):  # the frame order is applied after reading, as after decoding
+                ref = load_clip(None, path, cfg, start, end, order, (7, 1, 3))
+                got = load_clip(cache, path, cfg, start, end, order, (7, 1, 3))
+                assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+                as_uint8 = load_clip(cache, path, cfg, start, end, order, (7, 1, 3), uint8=True)
+                assert as_uint8[0].dtype == torch.uint8
+                assert torch.equal(normalize_video(as_uint8[0], as_uint8[1]), ref[0])
+        # Another setting is another cache: nothing of these frames is served for it.
+        other = FrameCache(root, dataclasses.replace(cfg, max_frames=max_frames + 1))
+        assert other.lookup(videos[0]) == (MISSING, None)
+
+
+def test_changed_video_is_decoded_counted_or_refused(small_set, tmp_path):
+    root = str(tmp_path / "frames")
+    cfg = split_cfg(small_set)
+    build(root, cfg, splits=("test",))
+    test = build_split(dataclasses.replace(cfg, frame_cache=root), "test")
+    changed = test.video_paths[3]
+    write_mp4v(changed, 30, 3, 40, 30)  # another video under the same name
+    item = test.video_view()[3]
+    live = build_split(cfg, "test").video_view()[3]
+    assert torch.equal(item["video"], live["video"])  # never the stale frames
+    assert test.frame_cache.lookup(changed)[0] == CHANGED
+    assert "1 of 12 videos decoded instead of read from the frame cache (1 changed" in test.frame_cache_report()
+    strict = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True), "test")
+    with pytest.raises(FrameCacheError, match=f"video {changed} changed since it was cached"):
+        strict.video_view()[3]
+    # Not in the cache at all (the training split was not built): named too; skip_bad_videos does not swallow it.
+    train = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True, skip_bad_videos=True),
+                        "train")
+    with pytest.raises(FrameCacheError, match="is not in the cache"):
+        train[0]
+    again = build(root, cfg, splits=("test",))
+    assert (again.reused, again.decoded, again.changed) == (11, 1, 1)
+    fresh = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True), "test")
+    assert torch.equal(fresh.video_view()[3]["video"], live["video"])
+    with pytest.raises(ConfigError, match="needs --frame_cache"):
+        dataclasses.replace(cfg, frame_cache_strict=True)
+
+
+def test_killed_build_is_completed_by_the_next(small_set, tmp_path):
+    root = str(tmp_path / "frames")
+    cmd = [sys.executable, "scripts/cache_frames.py", *data_flags(small_set), "--max_frames", "4",
+           "--frame_cache", root, "--workers", "0", "--shard_mb", "0.1"]  # a shard per clip
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    shards = []
+    while time.time() < deadline and proc.poll() is None:
+        shards = [n for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                  for n in os.listdir(os.path.join(root, d)) if n.endswith(".json") and n.startswith("shard")] \
+            if os.path.isdir(root) else []
+        if len(shards) >= 3:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(shards) >= 3, "the build ended before it could be killed"
+    folder = next(os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    kept = len([n for n in os.listdir(folder) if n.endswith(".json") and n.startswith("shard")])
+    assert kept < 44, "the build was not killed in the middle"
+    # What a kill inside a write leaves: a temporary and a shard .npy without its .json.
+    open(os.path.join(folder, ".shard-999999.npy.x.tmp"), "wb").close()
+    np.save(os.path.join(folder, "shard-999998.npy"), np.zeros((1, 2, 2, 3), np.uint8))
+    cfg = split_cfg(small_set)
+    report = build(root, cfg)
+    assert report.reused == kept and report.reused + report.decoded == report.clips == 44
+    names = os.listdir(folder)
+    assert not any(n.endswith(".tmp") for n in names) and "shard-999998.npy" not in names
+    for split in ("train", "test"):
+        cached = build_split(dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True), split)
+        live = build_split(cfg, split)
+        for i in range(len(live.video_ids)):
+            assert torch.equal(cached.video_view()[i]["video"], live.video_view()[i]["video"])
+
+
+DIGEST = """
+import json, sys
+from modules.data import DataConfig, build_split
+cfg = DataConfig(**json.loads(sys.argv[1]))
+split = build_split(cfg, "train")
+print(json.dumps([float(split.video_view()[i]["video"].double().sum()) for i in range(len(split.video_ids))]))
+"""
+
+
+def sums(split) -> list[float]:
+    return [float(split.video_view()[i]["video"].double().sum()) for i in range(len(split.video_ids))]
+
+
+def test_workers_and_processes_read_one_cache(small_set, tmp_path):
+    root = str(tmp_path / "frames")
+    cfg = split_cfg(small_set)
+    build(root, cfg, splits=("train",))
+    live = build_split(cfg, "train")
+    cached_cfg = dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True)
+    cached = build_split(cached_cfg, "train")
+    loader = torch.utils.data.DataLoader(cached.video_view(), batch_size=5, num_workers=2)
+    ref = torch.utils.data.DataLoader(live.video_view(), batch_size=5, num_workers=0)
+    for a, b in zip(loader, ref):
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["index"], b["index"])
+    # Two other processes at once, while a second builder is refused (readers need no lock).
+    lock = acquire(root, "another build", flag="--frame_cache")
+    try:
+        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+        procs = [subprocess.Popen([sys.executable, "-c", DIGEST, json.dumps(dataclasses.asdict(cached_cfg))], cwd=ROOT,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        with pytest.raises(ConfigError, match="--frame_cache .* is in use by another run"):
+            build(root, cfg, splits=("test",))
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        lock.release()
+    expected = sums(live)
+    assert [json.loads(out) for out, _ in outputs] == [expected, expected], outputs[0][1][-2000:]
+
+
+def test_bad_videos_behave_the_same_with_and_without_the_cache(small_set, tmp_path):
+    root = str(tmp_path / "frames")
+    cfg = split_cfg(small_set, skip_bad_videos=True)
+    broken = build_split(cfg, "train").video_paths[2]
+    with open(broken, "wb") as f:
+        f.write(b"not a video" * 100)
+    report = build(root, cfg, splits=("train",))
+    assert report.bad == [broken]
+    runs = {}
+    for name, c in (("live", cfg), ("cached", dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True))):
+        split = build_split(c, "train")
+        items = [split[i] for i in range(len(split))]
+        runs[name] = ([it["index"] for it in items], [it["video"] for it in items], split.undecodable)
+        with pytest.raises(DataError) as error:
+            build_split(dataclasses.replace(c, skip_bad_videos=False), "train").video_view()[2]
+        runs[name] += (str(error.value),)
+    (li, lv, lu, le), (ci, cv, cu, ce) = runs["live"], runs["cached"]
+    assert li == ci and lu == cu == [broken] and le == ce and broken in le
+    assert all(torch.equal(a, b) for a, b in zip(lv, cv))
+
+
+def test_training_and_evaluation_give_the_same_numbers_with_the_cache(synthetic_set, trained_run, tmp_path):
+    from eval_v2t.main import main as eval_main
+    from train.main import main as train_main
+
+    root = str(tmp_path / "frames")
+    build(root, split_cfg(synthetic_set))
+    out = str(tmp_path / "train")
+    cache = ["--frame_cache", root, "--frame_cache_strict"]
+    assert train_main(tiny_flags(synthetic_set, out) + ["--epochs", "1"] + cache) == 0
+    assert [s["loss"] for s in read_steps(out)] == [s["loss"] for s in read_steps(trained_run)]
+    results = {}
+    for name, extra in (("live", []), ("cached", cache)):
+        folder = str(tmp_path / name)
+        args = data_flags(synthetic_set) + ["--init_model", os.path.join(trained_run, "checkpoints", "last.pth"),
+                                            "--output_dir", folder, "--num_thread_reader", "0", "--device", "cpu"]
+        assert eval_main(args + extra) == 0
+        with open(os.path.join(folder, "results_v2t.json")) as f:
+            results[name] = json.load(f)
+    assert results["live"]["metrics"] == results["cached"]["metrics"]
+    assert results["live"]["levels"] == results["cached"]["levels"]
+
+
+def test_persistent_loader_workers_survive_epochs_and_restart_after_a_cut():
+    from modules.common.interrupts import closing_batches
+
+    loader = torch.utils.data.DataLoader(list(range(12)), batch_size=4, num_workers=1, persistent_workers=True)
+    assert [b.tolist() for b in closing_batches(loader)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    workers = loader._iterator._workers
+    assert sum(len(b) for b in closing_batches(loader)) == 12 and loader._iterator._workers == workers  # reused
+    for _batch in closing_batches(loader):
+        break  # a loop cut short shuts its workers down ...
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    assert sum(len(b) for b in closing_batches(loader)) == 12  # ... and the next epoch starts new ones
