@@ -128,8 +128,8 @@ def _decode(task: tuple[int, str, Optional[float], Optional[float], dict]) -> tu
 
 
 def _init_worker() -> None:
-    """A decoding process: the parent decides when to stop (its SIGINT handling), and ``Pool.terminate``'s SIGTERM
-    ends the worker (a forked child inherits the parent's deferring handlers otherwise); one decoding thread."""
+    """A decoding process: the parent decides when to stop (its SIGINT handling), ``Pool.terminate``'s SIGTERM ends
+    the worker; one decoding thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cv2.setNumThreads(1)
@@ -139,7 +139,9 @@ def _decoded(tasks: list, workers: int) -> Iterator[tuple[int, Any, Any, str]]:
     if workers <= 0:
         yield from map(_decode, tasks)
         return
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+    # Fresh processes, not forks: a fork of this multi-threaded process (torch's and OpenCV's thread pools) can
+    # inherit a lock held by another thread and deadlock in its first OpenCV call.
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
     try:
         yield from pool.imap(_decode, tasks, chunksize=1)
         pool.close()
