@@ -182,9 +182,11 @@ class FrameCache:
                                                                                                     Optional[dict]]:
         return clip_status(self.entries, path, start, end)
 
-    def frames(self, path: str, start: Optional[float] = None, end: Optional[float] = None) -> tuple[np.ndarray, str]:
+    def frames(self, path: str, start: Optional[float] = None, end: Optional[float] = None,
+               copy: bool = True) -> tuple[np.ndarray, str]:
         """The clip's frames uint8 [n, R, R, 3] in sampled order, and where they came from (CACHED, MISSING or
-        CHANGED: decoded live).
+        CHANGED: decoded live). ``copy=False``: a cached clip comes as a read-only view of its shard (one copy less
+        for a caller that copies it anyway).
 
         Raises:
             DataError: the clip is recorded as bad (its error), or decoding it live failed.
@@ -195,7 +197,8 @@ class FrameCache:
             if entry.get("error"):
                 raise DataError(entry["error"])
             shard = self._shard(entry["shard"])
-            return np.array(shard[entry["offset"]:entry["offset"] + entry["frames"]]), CACHED
+            view = shard[entry["offset"]:entry["offset"] + entry["frames"]]
+            return (np.array(view) if copy else view), CACHED
         window = "" if start is None and end is None else f" (window {start}-{end} s)"
         why = f"is {status}" if status == MISSING else status
         if self.strict:
@@ -249,7 +252,7 @@ def load_clip(cache: Optional[FrameCache], path: str, cfg: Any, start: Optional[
     if cache is None:
         frames, status = decode_clip(path, cfg, start, end, resolution)[0], DECODED
     else:
-        frames, status = cache.frames(path, start, end)                   # [n, R, R, 3] in sampled order
+        frames, status = cache.frames(path, start, end, copy=not uint8 or bool(frame_order))  # [n, R, R, 3]
     if frame_order:
         frames = frames[frame_order_permutation(len(frames), frame_order, seed)]
     video, mask = pad_uint8(frames, max_frames) if uint8 else clip_frames(frames, resolution, max_frames)

@@ -104,7 +104,7 @@ def pad_uint8(frames: np.ndarray, max_frames: int) -> tuple[torch.Tensor, torch.
     video = torch.zeros(max_frames, resolution, resolution, 3, dtype=torch.uint8)
     mask = torch.zeros(max_frames, dtype=torch.bool)
     if n:
-        video[:n] = torch.from_numpy(np.ascontiguousarray(frames))
+        video.numpy()[:n] = frames  # one copy; ``frames`` may be a read-only view of a frame cache shard
         mask[:n] = True
     return video, mask
 
