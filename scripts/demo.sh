@@ -1,7 +1,7 @@
 #!/bin/sh
 # The embedded default: no download, no GPU. Generates a synthetic video-caption set (coloured shapes moving over
 # backgrounds, real mp4 files), decodes every clip once into a frame cache, trains UCoFiA with a small randomly
-# initialised CLIP, evaluates text-to-video and video-to-text retrieval with SK-norm, prints one table, and ends with
+# initialised CLIP, evaluates text-to-video and video-to-text retrieval with SK-norm, prints each direction's table and a summary, and ends with
 # the paths of the training curves (training.png) and of the evaluation report (report.html, open it in a browser).
 #   sh scripts/demo.sh
 # Knobs (environment): PYTHON (default python3, then python), DEMO_DIR (default runs/demo), DEMO_TRAIN / DEMO_TEST
