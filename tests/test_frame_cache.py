@@ -98,6 +98,7 @@ def test_changed_video_is_decoded_counted_or_refused(small_set, tmp_path):
         dataclasses.replace(cfg, frame_cache_strict=True)
 
 
+@pytest.mark.slow
 def test_killed_build_is_completed_by_the_next(small_set, tmp_path):
     root = str(tmp_path / "frames")
     cmd = [sys.executable, "scripts/cache_frames.py", *data_flags(small_set), "--max_frames", "4",
@@ -147,6 +148,7 @@ def sums(split) -> list[float]:
     return [float(split.video_view()[i]["video"].double().sum()) for i in range(len(split.video_ids))]
 
 
+@pytest.mark.slow
 def test_workers_and_processes_read_one_cache(small_set, tmp_path):
     root = str(tmp_path / "frames")
     cfg = split_cfg(small_set)

@@ -44,6 +44,7 @@ def test_every_step_runs_at_tiny_sizes_and_writes_every_figure(tmp_path):
     assert text.startswith("# GPU check: passed") and "| legacy_fp16 |" in text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_without_cuda_the_check_stops_at_its_first_step_with_one_line(tmp_path):
     out = tmp_path / "check"

@@ -296,6 +296,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(base, tmp_path, capsys):
     no_leftovers(out)
 
 
+@pytest.mark.slow
 def test_lock_left_by_a_sigkilled_run_is_taken_over(tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)

@@ -47,6 +47,7 @@ def test_shared_eval_body_refuses_a_missing_direction(tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, TWO])
 def test_contradicting_model_flag_through_the_eval_script(data, checkpoint, tmp_path, nproc):
     """The eval scripts pass no model flags: the checkpoint's apply; one given that contradicts it is refused."""
@@ -59,6 +60,7 @@ def test_contradicting_model_flag_through_the_eval_script(data, checkpoint, tmp_
     assert not out.exists()  # the folder the run made held only its log: removed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, TWO])
 def test_a_video_only_the_last_rank_reads_through_the_eval_script(data, checkpoint, tmp_path, nproc):
     """Test videos are sharded contiguously: the added last one is rank 1's alone. Rank 0 then fails in a collective
@@ -84,6 +86,7 @@ def test_a_video_only_the_last_rank_reads_through_the_eval_script(data, checkpoi
         assert "after another rank's error" in (out / "log_eval_v2t.txt").read_text()
 
 
+@pytest.mark.slow
 def test_training_script_errors(tmp_path):
     out = tmp_path / "run"
     missing = run_script("train/scripts/train_msrvtt.sh", ["--device", "cpu"],
@@ -96,6 +99,7 @@ def test_training_script_errors(tmp_path):
         "error: unrecognized arguments: --epoch 1 (python -m train.main --help lists the flags)\n")
 
 
+@pytest.mark.slow
 def test_demo_checks_its_clip_weights_before_any_work(tmp_path):
     present = os.path.exists(os.path.join(ROOT, "modules", "ViT-B-32.pt"))
     for name in [str(tmp_path / "weights.pt") if present else "ViT-B/32"]:

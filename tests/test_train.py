@@ -80,6 +80,7 @@ def test_every_script_datatype_is_registered():
             assert f"DIRECTION={direction}" in text and f"scripts/eval/{name}" in text and "CKPT=" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train/scripts/train_msrvtt.sh", "eval_t2v/scripts/eval_msvd.sh",
                                     "eval_v2t/scripts/eval_activitynet.sh", "train/scripts/train_didemo.sh"])
 def test_scripts_build_a_command_the_entry_point_accepts(script, tmp_path):

@@ -65,6 +65,16 @@ class BertAdam(torch.optim.Optimizer):
             out.append(self.scheduled_lr(group, max(steps) if steps else 0))
         return out
 
+    def _state_of(self, p: torch.Tensor) -> dict:
+        """The parameter's step count and moments (``next_m``, ``next_v`` as the published code names them), made at
+        its first update."""
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["next_m"] = torch.zeros_like(p)
+            state["next_v"] = torch.zeros_like(p)
+        return state
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
@@ -73,11 +83,7 @@ class BertAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["next_m"] = torch.zeros_like(p)
-                    state["next_v"] = torch.zeros_like(p)
+                state = self._state_of(p)
                 if group["max_grad_norm"] > 0:
                     torch.nn.utils.clip_grad_norm_(p, group["max_grad_norm"])
                 m, v = state["next_m"], state["next_v"]
@@ -106,11 +112,7 @@ class MultiTensorBertAdam(BertAdam):
             if not params:
                 continue
             for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["next_m"] = torch.zeros_like(p)
-                    state["next_v"] = torch.zeros_like(p)
+                self._state_of(p)
             if group["max_grad_norm"] > 0:
                 _clip_each(params, group["max_grad_norm"])
             grads = [p.grad for p in params]
