@@ -101,7 +101,8 @@ def pad_uint8(frames: np.ndarray, max_frames: int) -> tuple[torch.Tensor, torch.
         (which also moves the channels to where the model takes them, on the device).
     """
     n, resolution = len(frames), frames.shape[1]
-    video = torch.zeros(max_frames, resolution, resolution, 3, dtype=torch.uint8)
+    video = torch.empty(max_frames, resolution, resolution, 3, dtype=torch.uint8)
+    video[n:] = 0                   # only the padding is cleared: the frames are written once
     mask = torch.zeros(max_frames, dtype=torch.bool)
     if n:
         video.numpy()[:n] = frames  # one copy; ``frames`` may be a read-only view of a frame cache shard
