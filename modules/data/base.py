@@ -210,6 +210,12 @@ class RetrievalSplit(Dataset):
         return (f"{self.name} {self.split}: {missing + changed} of {len(self.video_ids)} videos decoded instead of "
                 f"read from the frame cache ({changed} changed since it was built, {missing} not in it)")
 
+    def log_frame_cache_report(self) -> None:
+        """Log ``frame_cache_report`` as a warning when it says anything."""
+        report = self.frame_cache_report()
+        if report:
+            logger.warning("%s", report)
+
     def mark_bad(self, video_index: int, error: Exception) -> None:
         """Remember a video that failed to decode (visible to all workers) and log why."""
         self._bad[video_index] = 1
@@ -292,6 +298,12 @@ class VideoView(Dataset):
 
 # Batches each DataLoader worker keeps ready on CUDA (PyTorch's default is 2).
 CUDA_PREFETCH = 4
+
+
+def feed_uint8(device: torch.device) -> bool:
+    """Whether items for ``device`` carry uint8 frames (``RetrievalSplit.uint8_video``): on CUDA, normalised on the
+    device, so a quarter of the bytes cross from the workers and over the bus."""
+    return device.type == "cuda"
 
 
 def loader_settings(device: torch.device, workers: int, persistent: bool = False) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from modules.common.io import atomic_write, write_json
 from modules.common.lock import run_folder
 from modules.common.runtime import Runtime, loader_workers, rank_from_env, run_entry, setup, setup_logging
 from modules.data import build_split
+from modules.data.base import feed_uint8
 from modules.evaluation.config import DIRECTION_NAMES, EvalConfig, parse_args
 from modules.evaluation.encoding import (
     EvalOptions,
@@ -95,7 +96,7 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
     test_split = build_split(cfg.data, "test")
     train_split = build_split(cfg.data, "train")
     for split in (test_split, train_split):
-        split.uint8_video = rt.device.type == "cuda"  # normalised on the device: a quarter of the bytes to move
+        split.uint8_video = feed_uint8(rt.device)
     cache = FeatureCache(cfg.feature_cache, test_key(cfg, rt, test_split) if cfg.feature_cache else "", rt)
 
     feats = test_features(model, test_split, rt, opts, cache)
@@ -109,8 +110,7 @@ def run_evaluation(cfg: EvalConfig, rt: Runtime, direction: str) -> dict:
         bank = bank_scores(model, train_split, feats, direction, rt, opts)
         cache.save(name, key, bank)
     for split in (test_split, train_split):
-        if split.frame_cache_report():
-            logger.warning("%s", split.frame_cache_report())
+        split.log_frame_cache_report()
     bias = sk_biases(bank, cfg.sk_iters)
     c2v = feats.caption_to_video
     raw = combine(levels)

@@ -118,8 +118,8 @@ class MultiTensorBertAdam(BertAdam):
             grads = [p.grad for p in params]
             ms = [self.state[p]["next_m"] for p in params]
             vs = [self.state[p]["next_v"] for p in params]
-            # A 0-dim fp32 factor, not a Python number: the foreach scalar overload rounds the factor to fp16 first
-            # for fp16 moments, where ``Tensor.mul_`` multiplies in fp32.
+            # The decay factors as 0-dim fp32 tensors, not Python numbers: with fp16 moments the foreach scalar
+            # overload rounds a number to fp16 before multiplying, while the per-parameter step multiplies in fp32.
             b1, b2 = (torch.tensor(group[k], dtype=torch.float32, device=params[0].device) for k in ("b1", "b2"))
             torch._foreach_mul_(ms, b1)
             torch._foreach_add_(ms, grads, alpha=1 - group["b1"])

@@ -39,7 +39,7 @@ from modules.common.io import (
 )
 from modules.common.runtime import Runtime, loader_workers
 from modules.data import build_split, collate_skip_none
-from modules.data.base import RetrievalSplit, loader_settings
+from modules.data.base import RetrievalSplit, feed_uint8, loader_settings
 from modules.data.samplers import GlobalBatchSampler
 from modules.model.build import build_model, load_model_weights
 from modules.model.ucofia import UCoFiA
@@ -123,7 +123,7 @@ def build(cfg: TrainConfig, rt: Runtime, command: str = "") -> Run:
     ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
     for split in (train_split, val_split):
-        split.uint8_video = rt.device.type == "cuda"  # normalised on the device: a quarter of the bytes to move
+        split.uint8_video = feed_uint8(rt.device)
     workers = loader_workers(cfg.num_thread_reader)
     loader = torch.utils.data.DataLoader(train_split, batch_sampler=sampler, num_workers=workers,
                                          collate_fn=collate_skip_none, worker_init_fn=ignore_in_worker,
@@ -174,9 +174,7 @@ def train_epoch(run: Run) -> float:
                            skip_nonfinite=cfg.skip_nonfinite_loss, steps_per_epoch=run.sampler.steps_per_epoch,
                            total_steps=run.total_steps, max_steps=cfg.max_steps, on_step=lambda s: after_step(run),
                            writer=run.writer)
-    report = run.train_split.frame_cache_report()
-    if report:
-        logger.warning("%s", report)
+    run.train_split.log_frame_cache_report()
     return loss
 
 
