@@ -18,6 +18,7 @@ from helpers import ROOT, data_flags, read_steps, tiny_flags
 from modules.common.errors import ConfigError, DataError
 from modules.common.lock import acquire
 from modules.data import DataConfig, build_split
+from modules.data.frame_batch import CachedClip
 from modules.data.frame_cache import CACHED, CHANGED, MISSING, FrameCache, FrameCacheError, load_clip
 from modules.data.frame_cache_build import build_frame_cache, split_clips
 from modules.data.transforms import normalize_video
@@ -62,9 +63,9 @@ def test_cached_frames_equal_live_decoding(tmp_path):
                 ref = load_clip(None, path, cfg, start, end, order, (7, 1, 3))
                 got = load_clip(cache, path, cfg, start, end, order, (7, 1, 3))
                 assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
-                as_uint8 = load_clip(cache, path, cfg, start, end, order, (7, 1, 3), uint8=True)
-                assert as_uint8[0].dtype == torch.uint8
-                assert torch.equal(normalize_video(as_uint8[0], as_uint8[1]), ref[0])
+                clip, mask, _ = load_clip(cache, path, cfg, start, end, order, (7, 1, 3), uint8=True)
+                assert isinstance(clip, CachedClip) and clip.tensor().dtype == torch.uint8  # copied into its batch
+                assert torch.equal(normalize_video(clip.tensor(), mask), ref[0])
         # Another setting is another cache: nothing of these frames is served for it.
         other = FrameCache(root, dataclasses.replace(cfg, max_frames=max_frames + 1))
         assert other.lookup(videos[0]) == (MISSING, None)
@@ -217,6 +218,61 @@ def test_training_and_evaluation_give_the_same_numbers_with_the_cache(synthetic_
             results[name] = json.load(f)
     assert results["live"]["metrics"] == results["cached"]["metrics"]
     assert results["live"]["levels"] == results["cached"]["levels"]
+
+
+def _uint8_batches(split, view: bool, workers: int, pin: bool = False) -> list[dict]:
+    from modules.data import collate_skip_none
+
+    split.uint8_video = True
+    data = split.video_view() if view else split
+    loader = torch.utils.data.DataLoader(data, batch_size=5, num_workers=workers, collate_fn=collate_skip_none,
+                                         pin_memory=pin)
+    return list(loader)
+
+
+@pytest.mark.parametrize("workers, pin", [(0, False), (2, False), pytest.param(
+    2, True, marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_uint8_batches_are_copied_once_from_the_cache_and_equal_live_decoding(small_set, tmp_path, workers, pin):
+    """The CUDA feed: cached clips travel as references and are copied into their batch where it is used (with
+    ``pin``: by the pin-memory thread, into pinned memory); a clip decoded live (here: changed since the build) and a
+    bad one (skipped) share the batch; shuffled frame order."""
+    import pickle
+
+    from modules.data.frame_batch import CachedClip, FrameBatch, batch_video
+    from modules.data.transforms import pad_uint8
+
+    root = str(tmp_path / "frames")
+    cfg = split_cfg(small_set, train_frame_order=2, eval_frame_order=1, skip_bad_videos=True)
+    paths = build_split(cfg, "train").video_paths
+    with open(paths[6], "wb") as f:
+        f.write(b"not a video" * 100)
+    build(root, cfg, splits=("train",))
+    write_mp4v(paths[3], 30, 3, 40, 30)  # changed after the build: decoded live
+    for view in (False, True):
+        live = _uint8_batches(build_split(cfg, "train"), view, workers)
+        cached = _uint8_batches(build_split(dataclasses.replace(cfg, frame_cache=root), "train"), view, workers, pin)
+        assert len(live) == len(cached)
+        for a, b in zip(live, cached):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["video_mask"], b["video_mask"])
+            assert torch.equal(batch_video(a["video"]), batch_video(b["video"]))
+            assert b["video"].is_pinned() if pin else isinstance(b["video"], FrameBatch)
+        assert 6 not in torch.cat([b["index"] for b in cached]).tolist()  # the bad video: skipped or replaced
+        if pin:
+            continue
+        kinds = [type(c) for b in cached for c in b["video"].clips]
+        assert kinds.count(torch.Tensor) == 1 and kinds.count(CachedClip) == len(kinds) - 1
+        assert len(pickle.dumps(cached[-1]["video"])) < 2000  # what a worker hands over: no frames
+        out = torch.full(cached[0]["video"].shape, 7, dtype=torch.uint8)
+        assert batch_video(cached[0]["video"], out=out) is out and torch.equal(out, batch_video(live[0]["video"]))
+        with pytest.raises(ValueError, match="out: uint8"):
+            batch_video(cached[0]["video"], out=out[:1])
+    split = build_split(dataclasses.replace(cfg, frame_cache=root), "test")
+    clip = split.frame_cache.cached_clip(split.video_paths[0], None, None, 4)
+    assert clip is None  # the test split is not in this cache
+    train = build_split(dataclasses.replace(cfg, frame_cache=root), "train")
+    clip = train.frame_cache.cached_clip(train.video_paths[0], None, None, 4)
+    frames, _ = decode_clip(train.video_paths[0], cfg, None, None, 224)
+    assert torch.equal(clip.tensor(), pad_uint8(frames, 4)[0])
 
 
 def test_persistent_loader_workers_survive_epochs_and_restart_after_a_cut():

@@ -25,6 +25,7 @@ from modules.common.errors import DataError
 from modules.common.io import not_a_regular_file
 from modules.data.annotations import shown
 from modules.data.config import DataConfig
+from modules.data.frame_batch import CachedClip, FrameBatch
 from modules.data.frame_cache import CHANGED, MISSING, load_clip, open_frame_cache
 from modules.data.transforms import seed_entropy
 from modules.model.tokenizer import get_tokenizer, text_mask, tokenize
@@ -321,10 +322,17 @@ def loader_settings(device: torch.device, workers: int, persistent: bool = False
 def collate_skip_none(batch: list[Any]) -> Any:
     """``default_collate`` without the None items of ``VideoView``; None when the whole batch was bad.
 
-    The surviving items' ``index`` field tells which videos are present.
+    The surviving items' ``index`` field tells which videos are present. Videos that are ``CachedClip`` references
+    (uint8 items read from the frame cache) become one ``FrameBatch``, copied where the batch is used.
     """
     batch = [item for item in batch if item is not None]
-    return default_collate(batch) if batch else None
+    if not batch:
+        return None
+    if not any(isinstance(item.get("video"), CachedClip) for item in batch):
+        return default_collate(batch)
+    out = default_collate([{k: v for k, v in item.items() if k != "video"} for item in batch])
+    out["video"] = FrameBatch([item["video"] for item in batch])
+    return out
 
 
 def split_from_lists(cfg: DataConfig, name: str, split: str, index: Any, video_ids: Sequence[str],

@@ -40,6 +40,7 @@ import torch
 
 from modules.common.cache_keys import cache_key
 from modules.common.errors import ConfigError, DataError, UCoFiAError
+from modules.data.frame_batch import CachedClip, read_ahead, shard_array
 from modules.data.transforms import clip_frames, frame_order_permutation, pad_uint8
 from modules.data.video import decode_clip
 
@@ -151,7 +152,6 @@ class FrameCache:
         self.settings = cache_settings(cfg)
         self.folder = settings_folder(root, self.settings)
         self.entries = read_index(self.folder)
-        self._shards: dict[str, np.ndarray] = {}  # memory maps, opened on first use in each process
         self._logged = 0
         if not self.entries:
             self._no_entries()
@@ -173,20 +173,14 @@ class FrameCache:
                                   "out --frame_cache_strict")
         logger.warning("%s: every clip is decoded", message)
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_shards"] = {}  # a memory map would be pickled as a full copy (spawned DataLoader workers)
-        return state
-
     def lookup(self, path: str, start: Optional[float] = None, end: Optional[float] = None) -> tuple[str,
                                                                                                     Optional[dict]]:
         return clip_status(self.entries, path, start, end)
 
-    def frames(self, path: str, start: Optional[float] = None, end: Optional[float] = None,
-               copy: bool = True) -> tuple[np.ndarray, str]:
+    def frames(self, path: str, start: Optional[float] = None,
+               end: Optional[float] = None) -> tuple[np.ndarray, str]:
         """The clip's frames uint8 [n, R, R, 3] in sampled order, and where they came from (CACHED, MISSING or
-        CHANGED: decoded live). ``copy=False``: a cached clip comes as a read-only view of its shard (one copy less
-        for a caller that copies it anyway).
+        CHANGED: decoded live).
 
         Raises:
             DataError: the clip is recorded as bad (its error), or decoding it live failed.
@@ -196,9 +190,8 @@ class FrameCache:
         if status == CACHED:
             if entry.get("error"):
                 raise DataError(entry["error"])
-            shard = self._shard(entry["shard"])
-            view = shard[entry["offset"]:entry["offset"] + entry["frames"]]
-            return (np.array(view) if copy else view), CACHED
+            shard = shard_array(os.path.join(self.folder, entry["shard"]))
+            return np.array(shard[entry["offset"]:entry["offset"] + entry["frames"]]), CACHED
         window = "" if start is None and end is None else f" (window {start}-{end} s)"
         why = f"is {status}" if status == MISSING else status
         if self.strict:
@@ -212,11 +205,18 @@ class FrameCache:
         frames, _ = decode_clip(path, Sampling(self.settings), start, end, self.settings["image_resolution"])
         return frames, status
 
-    def _shard(self, name: str) -> np.ndarray:
-        shard = self._shards.get(name)
-        if shard is None:
-            shard = self._shards[name] = np.load(os.path.join(self.folder, name), mmap_mode="r")
-        return shard
+    def cached_clip(self, path: str, start: Optional[float], end: Optional[float], max_frames: int,
+                    frame_order: int = 0, seed: Any = 0) -> Optional[CachedClip]:
+        """A clip the cache holds good frames of, as a ``CachedClip`` (frame order as ``frame_order_permutation``)
+        whose pages are being read ahead; None for any other clip (``frames`` decodes it, raises its error or refuses
+        it)."""
+        status, entry = self.lookup(path, start, end)
+        if status != CACHED or entry.get("error"):
+            return None
+        shard, n = os.path.join(self.folder, entry["shard"]), entry["frames"]
+        read_ahead(shard, entry["offset"], n)
+        order = tuple(int(i) for i in frame_order_permutation(n, frame_order, seed)) if frame_order else None
+        return CachedClip(shard, entry["offset"], n, max_frames, order)
 
 
 class Sampling:
@@ -235,7 +235,7 @@ def open_frame_cache(cfg: Any) -> Optional[FrameCache]:
 
 
 def load_clip(cache: Optional[FrameCache], path: str, cfg: Any, start: Optional[float], end: Optional[float],
-              frame_order: int, seed: Any, uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+              frame_order: int, seed: Any, uint8: bool = False) -> tuple[torch.Tensor | CachedClip, torch.Tensor, str]:
     """One clip as the model takes it, from the cache or decoded: the one path of every dataset item.
 
     Args:
@@ -243,16 +243,21 @@ def load_clip(cache: Optional[FrameCache], path: str, cfg: Any, start: Optional[
         path, start, end: video file and window.
         cfg: DataConfig (sampling, ``max_frames``, ``image_resolution``).
         frame_order, seed: as ``modules.data.transforms.frame_order_permutation``.
-        uint8: return the frames as uint8 for ``normalize_video`` on the device (``pad_uint8``).
+        uint8: return the frames as uint8 for ``normalize_video`` on the device (``pad_uint8``); a clip the cache
+            holds comes as a ``CachedClip``, copied only into its batch (``modules.data.frame_batch``).
     Returns:
-        video float [F, 3, R, R] (uint8 [F, R, R, 3] with ``uint8``), video_mask BoolTensor [F], and CACHED, MISSING
-        or CHANGED (DECODED without a cache).
+        video float [F, 3, R, R] (with ``uint8``: uint8 [F, R, R, 3] or a ``CachedClip`` of that shape), video_mask
+        BoolTensor [F], and CACHED, MISSING or CHANGED (DECODED without a cache).
     """
     resolution, max_frames = int(getattr(cfg, "image_resolution", 224)), int(cfg.max_frames)
     if cache is None:
         frames, status = decode_clip(path, cfg, start, end, resolution)[0], DECODED
     else:
-        frames, status = cache.frames(path, start, end, copy=not uint8 or bool(frame_order))  # [n, R, R, 3]
+        if uint8:
+            clip = cache.cached_clip(path, start, end, max_frames, frame_order, seed)
+            if clip is not None:
+                return clip, torch.arange(max_frames) < clip.frames, CACHED
+        frames, status = cache.frames(path, start, end)  # [n, R, R, 3]
     if frame_order:
         frames = frames[frame_order_permutation(len(frames), frame_order, seed)]
     video, mask = pad_uint8(frames, max_frames) if uint8 else clip_frames(frames, resolution, max_frames)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modules.data.frame_batch import FrameBatch, batch_video
+
 # CLIP's image statistics (OpenAI clip/clip.py), used by every CLIP-based retrieval model.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -130,12 +132,12 @@ def normalize_video(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3).contiguous()                                                 # [..., F, 3, R, R]
 
 
-def video_to_device(video: torch.Tensor, mask: torch.Tensor, device: torch.device) -> tuple[torch.Tensor,
-                                                                                            torch.Tensor]:
-    """Move a batch's video (float [B, F, 3, R, R] or uint8 [B, F, R, R, 3]) and mask [B, F] to ``device``
-    (asynchronously from pinned memory) and normalise a uint8 video there (``normalize_video``): a quarter of the
-    bytes cross the bus."""
-    video, mask = video.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+def video_to_device(video: torch.Tensor | FrameBatch, mask: torch.Tensor,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch's video (float [B, F, 3, R, R], or uint8 [B, F, R, R, 3] as a tensor or a ``FrameBatch``) and
+    mask [B, F] to ``device`` (asynchronously from pinned memory) and normalise a uint8 video there
+    (``normalize_video``): a quarter of the bytes cross the bus."""
+    video, mask = batch_video(video).to(device, non_blocking=True), mask.to(device, non_blocking=True)
     return normalize_video(video, mask), mask
 
 

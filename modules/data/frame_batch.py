@@ -1,0 +1,124 @@
+"""A batch's uint8 video copied once, straight from the frame cache, by the process that feeds the model.
+
+With ``--frame_cache`` and uint8 items (``RetrievalSplit.uint8_video``, the CUDA feed), a DataLoader worker does not
+copy a cached clip's frames: its item carries a ``CachedClip`` (where the frames lie in their shard) and its batch a
+``FrameBatch``, a few hundred bytes. The frames are copied where the batch is used, once, from the shard's memory map
+into the batch tensor: in the DataLoader's pin-memory thread on CUDA (``FrameBatch.pin_memory``: straight into
+pinned memory), otherwise by ``batch_video`` (which ``modules.data.transforms.video_to_device`` calls). Handing the
+frames over from the workers instead costs a new shared-memory segment per batch, faulted in page by page, and two
+more copies: several times the copy itself (``scripts/bench_loader.py`` measures the loader).
+
+Workers ask the kernel to read each clip's pages ahead (``posix_fadvise``), so a cache larger than the page cache is
+read from disk in parallel, before the batch reaches the process that copies it. Clips decoded live (not in the cache,
+or changed) travel as uint8 tensors [F, R, R, 3] in the same ``FrameBatch``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+# Shards (memory maps) and file descriptors (for read-ahead) opened so far in this process; shards never change.
+_SHARDS: dict[str, np.ndarray] = {}
+_FDS: dict[str, int] = {}
+
+
+def shard_array(path: str) -> np.ndarray:
+    """The uint8 frames [N, R, R, 3] of a shard ``.npy``, memory-mapped read-only once per process."""
+    shard = _SHARDS.get(path)
+    if shard is None:
+        shard = _SHARDS[path] = np.load(path, mmap_mode="r")
+    return shard
+
+
+def read_ahead(path: str, first: int, frames: int) -> None:
+    """Start reading frames ``first .. first + frames - 1`` of a shard into the page cache (no wait; no-op where
+    ``posix_fadvise`` does not exist)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = _FDS.get(path)
+    if fd is None:
+        fd = _FDS[path] = os.open(path, os.O_RDONLY)
+    shard = shard_array(path)
+    frame_bytes = shard.itemsize * int(np.prod(shard.shape[1:]))
+    os.posix_fadvise(fd, shard.offset + first * frame_bytes, frames * frame_bytes, os.POSIX_FADV_WILLNEED)
+
+
+@dataclass(frozen=True)
+class CachedClip:
+    """One clip's frames in a frame-cache shard, as a uint8 item [F, R, R, 3] would hold them.
+
+    Attributes:
+        path: the shard's ``.npy``.
+        offset, frames: first frame in the shard and n, the clip's sampled frames (n <= F).
+        max_frames: F; frames n .. F-1 are padding (zeros).
+        order: the frame order's permutation of the n frames, None for the sampled order.
+    """
+    path: str
+    offset: int
+    frames: int
+    max_frames: int
+    order: Optional[tuple[int, ...]] = None
+
+    def write_into(self, out: np.ndarray) -> None:
+        """The frames into ``out`` uint8 [F, R, R, 3], padding frames zero."""
+        frames = shard_array(self.path)[self.offset:self.offset + self.frames]  # [n, R, R, 3], a view
+        out[:self.frames] = frames if self.order is None else frames[np.asarray(self.order)]
+        out[self.frames:] = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(F, R, R, 3), as a uint8 item's tensor."""
+        resolution = shard_array(self.path).shape[1]
+        return self.max_frames, resolution, resolution, 3
+
+    def tensor(self) -> torch.Tensor:
+        """uint8 [F, R, R, 3], equal to ``modules.data.transforms.pad_uint8`` of the frames."""
+        out = torch.empty(self.shape, dtype=torch.uint8)
+        self.write_into(out.numpy())
+        return out
+
+
+class FrameBatch:
+    """The uint8 video [B, F, R, R, 3] of a batch, as references into the frame cache (and tensors of clips decoded
+    live), copied into one tensor by ``tensor``."""
+
+    def __init__(self, clips: Sequence[Union[CachedClip, torch.Tensor]]):
+        self.clips = list(clips)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(B, F, R, R, 3), as the batch's tensor."""
+        return (len(self.clips), *self.clips[0].shape)
+
+    def tensor(self, pin: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 [B, F, R, R, 3] (in pinned memory with ``pin``, or written into ``out``), each clip copied once."""
+        if out is None:
+            out = torch.empty(self.shape, dtype=torch.uint8, pin_memory=pin)
+        elif tuple(out.shape) != self.shape or out.dtype != torch.uint8:
+            raise ValueError(f"out: uint8 {list(self.shape)} expected, got {out.dtype} {list(out.shape)}")
+        frames = out.numpy()
+        for i, clip in enumerate(self.clips):
+            if isinstance(clip, CachedClip):
+                clip.write_into(frames[i])
+            else:
+                out[i] = clip
+        return out
+
+    def pin_memory(self) -> torch.Tensor:
+        """Called by the DataLoader's pin-memory thread (``pin_memory=True``): the batch tensor, pinned."""
+        return self.tensor(pin=True)
+
+
+def batch_video(video: Union[torch.Tensor, FrameBatch], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A batch's video as a tensor: a ``FrameBatch`` copied out of the cache, a tensor as it is; with ``out`` (a
+    buffer used again and again, as the pinned memory of a CUDA run), either copied into ``out``."""
+    if isinstance(video, FrameBatch):
+        return video.tensor(out=out)
+    return video if out is None else out.copy_(video)
