@@ -197,7 +197,7 @@ def nvidia_smi(field: str) -> Optional[str]:
 
 def cuda_tests(c: Check) -> dict:
     xml = os.path.join(c.out, "cuda_tests.xml")
-    c.python("pytest -m cuda", ["-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
+    c.python("pytest -m cuda", ["-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-n", "0",
                                 f"--junitxml={xml}"], "cuda_tests")
     suite = ET.parse(xml).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")

@@ -1,9 +1,26 @@
 """Shared test set-up: seeds, two small synthetic video sets and the training runs the tests share, each made once
-per session (pyproject.toml puts the repository root on the import path)."""
+per session and test worker (pyproject.toml puts the repository root on the import path).
+
+The suite runs in parallel test workers (pytest-xdist, ``-n auto`` in pyproject.toml): one per available CPU, at most
+``MAX_WORKERS``, each computing with one thread so that the workers do not oversubscribe the cores. ``-n 0`` runs
+everything in this process (for a debugger)."""
 import logging
+import os
 
 import pytest
 import torch
+
+# More workers each build their own session runs and start multi-process runs of their own: little gain beyond this.
+MAX_WORKERS = 4
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: the CPUs this process may use, at most ``MAX_WORKERS``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, cpus))
 
 
 def _detach_run_handlers() -> None:

@@ -1,6 +1,7 @@
 """Flags and subprocess helpers shared by the end-to-end tests."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -33,13 +34,20 @@ def tiny_flags(folder: str, output_dir: str) -> list[str]:
     return data_flags(folder) + ["--output_dir", output_dir] + TINY
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's pick), for one torchrun rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_module(module: str, args: list[str], nproc: int = 1, timeout: float = 300,
                **popen) -> subprocess.CompletedProcess:
     """Run ``python -m module`` (or torchrun with ``nproc`` processes) from the repository root."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + os.getpid() % 1000), "-m", module] + args
+               str(free_port()), "-m", module] + args
     else:
         cmd = [sys.executable, "-m", module] + args
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
@@ -78,10 +86,10 @@ SCRIPT_KNOBS = ("CKPT", "DATA_PATH", "OUTPUT_DIR", "ANNOTATIONS", "VIDEOS", "SK_
 
 
 def script_env(**env: str) -> dict:
-    """This environment without the scripts' knobs, plus ``env``; the tests' Python, one thread, and a port of this
-    test process for torchrun (several test sessions may share the machine)."""
+    """This environment without the scripts' knobs, plus ``env``; the tests' Python, one thread, and a free port for
+    torchrun (test workers and other test sessions may share the machine)."""
     base = {k: v for k, v in os.environ.items() if k not in SCRIPT_KNOBS and not k.startswith("DEMO_")}
-    return dict(base, PYTHON=sys.executable, OMP_NUM_THREADS="1", MASTER_PORT=str(29500 + os.getpid() % 1000), **env)
+    return dict(base, PYTHON=sys.executable, OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()), **env)
 
 
 def run_script(script: str, args: list[str], env: dict, cwd: str = ROOT, timeout: float = 300):
