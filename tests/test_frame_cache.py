@@ -275,6 +275,33 @@ def test_uint8_batches_are_copied_once_from_the_cache_and_equal_live_decoding(sm
     assert torch.equal(clip.tensor(), pad_uint8(frames, 4)[0])
 
 
+def test_a_cache_built_again_in_the_same_place_is_read_anew(small_set, tmp_path):
+    """Deleted and built again (new shard files under the old names): a new reader in the same process reads the new
+    frames; a reference into a replaced shard stops with an error, never other frames."""
+    root = str(tmp_path / "frames")
+    cfg = split_cfg(small_set)
+    cached = dataclasses.replace(cfg, frame_cache=root, frame_cache_strict=True)
+
+    def first_video(c: DataConfig):
+        split = build_split(c, "test")
+        split.uint8_video = True
+        return split, split.video_view()[0]["video"]  # cached: a CachedClip; live: uint8 [F, R, R, 3]
+
+    build(root, cfg, splits=("test",))
+    _, before = first_video(cached)
+    old_frames = before.tensor()
+    assert torch.equal(old_frames, first_video(cfg)[1])
+    shutil.rmtree(root)
+    write_mp4v(build_split(cfg, "test").video_paths[0], 30, 3, 40, 30)
+    build(root, cfg, splits=("test",))
+    (split, after), (_, live) = first_video(cached), first_video(cfg)
+    assert not torch.equal(live, old_frames) and torch.equal(after.tensor(), live)
+    frames, status = split.frame_cache.frames(split.video_paths[0])
+    assert status == CACHED and torch.equal(torch.from_numpy(frames), live[:len(frames)])
+    with pytest.raises(DataError, match="was replaced while this run read it"):
+        before.tensor()
+
+
 def test_persistent_loader_workers_survive_epochs_and_restart_after_a_cut():
     from modules.common.interrupts import closing_batches
 

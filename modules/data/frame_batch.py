@@ -21,20 +21,37 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-# Shards (memory maps) and file descriptors (for read-ahead) opened so far in this process; shards never change.
-_SHARDS: dict[str, np.ndarray] = {}
+from modules.common.errors import DataError
+
+# Shards opened so far in this process: path -> (stamp, memory map); file descriptors for read-ahead.
+_SHARDS: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
 _FDS: dict[str, int] = {}
 
 
-def shard_array(path: str) -> np.ndarray:
-    """The uint8 frames [N, R, R, 3] of a shard ``.npy``, memory-mapped read-only once per process."""
-    shard = _SHARDS.get(path)
-    if shard is None:
-        shard = _SHARDS[path] = np.load(path, mmap_mode="r")
-    return shard
+def shard_stamp(path: str) -> tuple[int, ...]:
+    """Which file a shard path names: device, inode, size and modification time."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def read_ahead(path: str, first: int, frames: int) -> None:
+def shard_array(path: str, stamp: tuple[int, ...]) -> np.ndarray:
+    """The uint8 frames [N, R, R, 3] of the shard ``.npy`` file ``stamp`` names, memory-mapped read-only once per
+    process. A builder never rewrites a shard; a cache deleted and built again in the same place has new files under
+    the old names, so the map is reopened for a new stamp.
+
+    Raises:
+        DataError: the file at ``path`` is no longer the one ``stamp`` names (replaced while a run read it).
+    """
+    held = _SHARDS.get(path)
+    if held is None or held[0] != stamp:
+        if shard_stamp(path) != stamp:
+            raise DataError(f"frame cache shard {path} was replaced while this run read it (the cache was deleted "
+                            "or built again): start the run again")
+        held = _SHARDS[path] = (stamp, np.load(path, mmap_mode="r"))
+    return held[1]
+
+
+def read_ahead(path: str, stamp: tuple[int, ...], first: int, frames: int) -> None:
     """Start reading frames ``first .. first + frames - 1`` of a shard into the page cache (no wait; no-op where
     ``posix_fadvise`` does not exist)."""
     if not hasattr(os, "posix_fadvise"):
@@ -42,7 +59,7 @@ def read_ahead(path: str, first: int, frames: int) -> None:
     fd = _FDS.get(path)
     if fd is None:
         fd = _FDS[path] = os.open(path, os.O_RDONLY)
-    shard = shard_array(path)
+    shard = shard_array(path, stamp)
     frame_bytes = shard.itemsize * int(np.prod(shard.shape[1:]))
     os.posix_fadvise(fd, shard.offset + first * frame_bytes, frames * frame_bytes, os.POSIX_FADV_WILLNEED)
 
@@ -52,12 +69,13 @@ class CachedClip:
     """One clip's frames in a frame-cache shard, as a uint8 item [F, R, R, 3] would hold them.
 
     Attributes:
-        path: the shard's ``.npy``.
+        path, stamp: the shard's ``.npy`` and which file it is (``shard_stamp``).
         offset, frames: first frame in the shard and n, the clip's sampled frames (n <= F).
         max_frames: F; frames n .. F-1 are padding (zeros).
         order: the frame order's permutation of the n frames, None for the sampled order.
     """
     path: str
+    stamp: tuple[int, ...]
     offset: int
     frames: int
     max_frames: int
@@ -65,14 +83,14 @@ class CachedClip:
 
     def write_into(self, out: np.ndarray) -> None:
         """The frames into ``out`` uint8 [F, R, R, 3], padding frames zero."""
-        frames = shard_array(self.path)[self.offset:self.offset + self.frames]  # [n, R, R, 3], a view
+        frames = shard_array(self.path, self.stamp)[self.offset:self.offset + self.frames]  # [n, R, R, 3], a view
         out[:self.frames] = frames if self.order is None else frames[np.asarray(self.order)]
         out[self.frames:] = 0
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(F, R, R, 3), as a uint8 item's tensor."""
-        resolution = shard_array(self.path).shape[1]
+        resolution = shard_array(self.path, self.stamp).shape[1]
         return self.max_frames, resolution, resolution, 3
 
     def tensor(self) -> torch.Tensor:

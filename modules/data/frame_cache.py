@@ -40,7 +40,7 @@ import torch
 
 from modules.common.cache_keys import cache_key
 from modules.common.errors import ConfigError, DataError, UCoFiAError
-from modules.data.frame_batch import CachedClip, read_ahead, shard_array
+from modules.data.frame_batch import CachedClip, read_ahead, shard_array, shard_stamp
 from modules.data.transforms import clip_frames, frame_order_permutation, pad_uint8
 from modules.data.video import decode_clip
 
@@ -152,6 +152,7 @@ class FrameCache:
         self.settings = cache_settings(cfg)
         self.folder = settings_folder(root, self.settings)
         self.entries = read_index(self.folder)
+        self._stamps: dict[str, tuple[int, ...]] = {}  # shard name -> shard_stamp, taken at first use
         self._logged = 0
         if not self.entries:
             self._no_entries()
@@ -190,7 +191,7 @@ class FrameCache:
         if status == CACHED:
             if entry.get("error"):
                 raise DataError(entry["error"])
-            shard = shard_array(os.path.join(self.folder, entry["shard"]))
+            shard = shard_array(*self._shard(entry["shard"]))
             return np.array(shard[entry["offset"]:entry["offset"] + entry["frames"]]), CACHED
         window = "" if start is None and end is None else f" (window {start}-{end} s)"
         why = f"is {status}" if status == MISSING else status
@@ -213,10 +214,17 @@ class FrameCache:
         status, entry = self.lookup(path, start, end)
         if status != CACHED or entry.get("error"):
             return None
-        shard, n = os.path.join(self.folder, entry["shard"]), entry["frames"]
-        read_ahead(shard, entry["offset"], n)
+        (shard, stamp), n = self._shard(entry["shard"]), entry["frames"]
+        read_ahead(shard, stamp, entry["offset"], n)
         order = tuple(int(i) for i in frame_order_permutation(n, frame_order, seed)) if frame_order else None
-        return CachedClip(shard, entry["offset"], n, max_frames, order)
+        return CachedClip(shard, stamp, entry["offset"], n, max_frames, order)
+
+    def _shard(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(path, ``shard_stamp``) of a shard of this cache."""
+        path = os.path.join(self.folder, name)
+        if name not in self._stamps:
+            self._stamps[name] = shard_stamp(path)
+        return path, self._stamps[name]
 
 
 class Sampling:
