@@ -275,6 +275,17 @@ def test_uint8_batches_are_copied_once_from_the_cache_and_equal_live_decoding(sm
     assert torch.equal(clip.tensor(), pad_uint8(frames, 4)[0])
 
 
+def test_a_cuda_loaders_pin_memory_thread_copies_a_frame_batch_into_pinned_memory(monkeypatch):
+    """PyTorch's pin-memory step hands a FrameBatch to its own ``pin_memory`` (pinning itself needs a GPU)."""
+    from torch.utils.data._utils.pin_memory import pin_memory as pin_batch
+
+    from modules.data.frame_batch import FrameBatch
+
+    calls = []
+    monkeypatch.setattr(FrameBatch, "tensor", lambda self, pin=False, out=None: calls.append(pin) or torch.ones(1))
+    assert torch.equal(pin_batch({"video": FrameBatch([])})["video"], torch.ones(1)) and calls == [True]
+
+
 def test_a_cache_built_again_in_the_same_place_is_read_anew(small_set, tmp_path):
     """Deleted and built again (new shard files under the old names): a new reader in the same process reads the new
     frames; a reference into a replaced shard stops with an error, never other frames."""

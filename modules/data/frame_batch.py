@@ -23,9 +23,9 @@ import torch
 
 from modules.common.errors import DataError
 
-# Shards opened so far in this process: path -> (stamp, memory map); file descriptors for read-ahead.
+# Shards opened so far in this process: path -> (stamp, memory map), and (stamp, file descriptor) for read-ahead.
 _SHARDS: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
-_FDS: dict[str, int] = {}
+_FDS: dict[str, tuple[tuple[int, ...], int]] = {}
 
 
 def shard_stamp(path: str) -> tuple[int, ...]:
@@ -56,10 +56,13 @@ def read_ahead(path: str, stamp: tuple[int, ...], first: int, frames: int) -> No
     ``posix_fadvise`` does not exist)."""
     if not hasattr(os, "posix_fadvise"):
         return
-    fd = _FDS.get(path)
-    if fd is None:
-        fd = _FDS[path] = os.open(path, os.O_RDONLY)
-    shard = shard_array(path, stamp)
+    shard = shard_array(path, stamp)  # checks that ``path`` is still the file ``stamp`` names
+    held = _FDS.get(path)
+    if held is None or held[0] != stamp:
+        if held is not None:
+            os.close(held[1])
+        held = _FDS[path] = (stamp, os.open(path, os.O_RDONLY))
+    fd = held[1]
     frame_bytes = shard.itemsize * int(np.prod(shard.shape[1:]))
     os.posix_fadvise(fd, shard.offset + first * frame_bytes, frames * frame_bytes, os.POSIX_FADV_WILLNEED)
 
