@@ -28,7 +28,7 @@ import time
 
 import cv2
 import torch
-from bench_video import make_video
+from bench_video import make_video, optional_ffmpeg
 from benchlib import run_benchmark
 
 from modules.data import DataConfig, build_split, collate_skip_none
@@ -93,11 +93,7 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import imageio_ffmpeg
-        ffmpeg = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError):
-        ffmpeg = shutil.which("ffmpeg")
+    ffmpeg = optional_ffmpeg()
     torch.set_num_threads(1)
     print(f"OpenCV {cv2.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:

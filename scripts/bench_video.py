@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,24 @@ import cv2
 import numpy as np
 import torch
 from benchlib import run_benchmark
+from compress_video import find_ffmpeg
 from PIL import Image
 from torchvision import transforms as T
 
+from modules.common.errors import ConfigError
 from modules.data import DataConfig, build_split, load_video
 from modules.data.synthetic import generate
 from modules.data.transforms import CLIP_MEAN, CLIP_STD
 from modules.data.video import read_frames, sample_frame_indices
+
+
+def optional_ffmpeg() -> str | None:
+    """ffmpeg for H.264 test videos (``compress_video.find_ffmpeg``), or None: ``make_video`` then writes MPEG-4
+    part 2 with OpenCV."""
+    try:
+        return find_ffmpeg()
+    except ConfigError:
+        return None
 
 
 def make_video(ffmpeg: str | None, path: str, seconds: int, fps: int, width: int, height: int) -> str:
@@ -134,11 +144,7 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace, argv) -> int | None:
     """The benchmark behind ``main``, on checked flags."""
-    try:
-        import imageio_ffmpeg
-        ffmpeg = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError):
-        ffmpeg = shutil.which("ffmpeg")
+    ffmpeg = optional_ffmpeg()
     torch.set_num_threads(1)
     cfg = DataConfig(max_frames=12, feature_framerate=1, slice_framepos=2)
     print(f"OpenCV {cv2.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs")

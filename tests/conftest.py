@@ -19,8 +19,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: the CPUs this process may use, at most ``MAX_WORKERS``."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_WORKERS, cpus))
+    from modules.common.runtime import available_cpus
+
+    return max(1, min(MAX_WORKERS, available_cpus()))
 
 
 def _detach_run_handlers() -> None:

@@ -131,11 +131,16 @@ def setup_logging(rank: int, log_file: Optional[str] = None) -> None:
 _workers_said: set[tuple[int, int]] = set()
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def loader_workers(requested: int) -> int:
     """DataLoader workers for ``--num_thread_reader requested``: at most the CPUs this process may run on, shared by
     the processes of this node (``LOCAL_WORLD_SIZE``), so that a recipe written for a large machine does not
     oversubscribe a small one. Says so once in the log when it lowers the number."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cpus()
     local = max(1, _env_int("LOCAL_WORLD_SIZE", 1))
     workers = min(requested, max(1, cpus // local))
     if workers < requested and (requested, workers) not in _workers_said:

@@ -107,7 +107,7 @@ def pad_uint8(frames: np.ndarray, max_frames: int) -> tuple[torch.Tensor, torch.
     video[n:] = 0                   # only the padding is cleared: the frames are written once
     mask = torch.zeros(max_frames, dtype=torch.bool)
     if n:
-        video.numpy()[:n] = frames  # one copy; ``frames`` may be a read-only view of a frame cache shard
+        video.numpy()[:n] = frames  # one copy
         mask[:n] = True
     return video, mask
 
